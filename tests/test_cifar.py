@@ -1,0 +1,186 @@
+"""The binary reader, the download, the augmentation and the loader of cifar.py."""
+import hashlib
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+import cifar
+from conftest import make_cifar, real_data_dir, write_batch
+
+
+def test_read_batch_layout(tmp_path):
+    # Pixel value = 100 * plane + 3 * row + column % 3 + record: every plane, row and record differ.
+    n = 3
+    c, r, x = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
+    images = np.stack([100 * c + 3 * r // 2 + x % 3 + k for k in range(n)]).astype(np.uint8)  # (3, 3, 32, 32)
+    labels = np.array([9, 0, 4])
+    record = bytes([9]) + bytes(images[0, 0].ravel()) + bytes(images[0, 1].ravel()) + bytes(images[0, 2].ravel())
+    write_batch(tmp_path / "b.bin", images, labels)
+    assert (tmp_path / "b.bin").read_bytes()[:3073] == record  # the writer is the official layout
+    got_images, got_labels = cifar.read_batch(tmp_path / "b.bin")
+    assert got_images.dtype == np.uint8 and got_images.shape == (3, 3, 32, 32)
+    assert got_labels.dtype == np.int64 and got_labels.tolist() == [9, 0, 4]
+    assert np.array_equal(got_images, images)
+    assert got_images[1, 2, 5, 7] == 200 + 7 + 1 + 1  # blue plane, row 5, column 7, record 1
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty file"),
+    (bytes(3073 * 2 - 1), "not a whole number"),
+    (bytes(3073 * 2 + 5), "not a whole number"),
+    (bytes(3073) + bytes([10]) + bytes(3072), "record 1 has label 10"),
+])
+def test_read_batch_rejects_bad_files(tmp_path, content, message):
+    path = tmp_path / "bad.bin"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as e:
+        cifar.read_batch(path)
+    assert str(path) in str(e.value)
+
+
+def test_load_cifar10_from_either_folder_and_lists_missing_files(tmp_path):
+    folder = make_cifar(tmp_path / cifar.FOLDER, per_batch=4, n_test=6)
+    for root in (tmp_path, folder):
+        x, y = cifar.load_cifar10(root, train=True)
+        assert x.shape == (20, 3, 32, 32) and y.shape == (20,)
+        assert cifar.load_cifar10(root, train=False)[0].shape == (6, 3, 32, 32)
+    (folder / "data_batch_2.bin").unlink()
+    (folder / "data_batch_4.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_2.bin, data_batch_4.bin") as e:
+        cifar.load_cifar10(tmp_path)
+    assert cifar.URL in str(e.value)
+
+
+def make_archive(path, members):
+    """A .tar.gz with `members`: {name: bytes}, or {name: ("symlink", target)}; returns its MD5."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def official_members(src):
+    return {f"{cifar.FOLDER}/{p.name}": p.read_bytes() for p in sorted(src.iterdir())}
+
+
+def test_download_right_md5_extracts_and_loads(tmp_path):
+    archive = tmp_path / "srv" / "cifar-10-binary.tar.gz"
+    archive.parent.mkdir()
+    md5 = make_archive(archive, official_members(make_cifar(tmp_path / "src", per_batch=3, n_test=4)))
+    folder = cifar.download_cifar10(tmp_path / "data", url=archive.as_uri(), md5=md5)
+    assert folder == tmp_path / "data" / cifar.FOLDER
+    assert cifar.load_cifar10(tmp_path / "data")[0].shape == (15, 3, 32, 32)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [cifar.FOLDER]  # no .part, no temp folder
+
+
+def test_download_wrong_md5_leaves_nothing(tmp_path):
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    make_archive(archive, official_members(make_cifar(tmp_path / "src", per_batch=3, n_test=4)))
+    with pytest.raises(ValueError, match="MD5"):
+        cifar.download_cifar10(tmp_path / "data", url=archive.as_uri(), md5="0" * 32)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+@pytest.mark.parametrize("member", ["../escaped.bin", "/tmp/absolute-cifar-test.bin",
+                                    f"{cifar.FOLDER}/../../escaped.bin", ("link", "symlink")])
+def test_download_refuses_members_outside_the_folder(tmp_path, member):
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    members = official_members(make_cifar(tmp_path / "src", per_batch=3, n_test=4))
+    if isinstance(member, tuple):
+        members[f"{cifar.FOLDER}/evil"] = ("symlink", "/etc/passwd")
+    else:
+        members[member] = b"x"
+    md5 = make_archive(archive, members)
+    with pytest.raises(ValueError, match="unsafe member"):
+        cifar.download_cifar10(tmp_path / "data", url=archive.as_uri(), md5=md5)
+    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "escaped.bin").exists()
+
+
+def test_download_offline_names_url_and_folder(tmp_path):
+    url = "http://127.0.0.1:9/cifar-10-binary.tar.gz"  # the discard port: connection refused
+    with pytest.raises(ConnectionError) as e:
+        cifar.download_cifar10(tmp_path / "data", url=url)
+    assert url in str(e.value) and str(tmp_path / "data") in str(e.value)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_augment_is_a_crop_of_the_padded_image_or_its_mirror():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    out = cifar.augment(images, g)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    flipped = 0
+    for img, pad in zip(out, padded):
+        crops = [(f, pad[:, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9) for f in (0, 1)]
+        matches = [f for f, c in crops if torch.equal(img, c.flip(-1) if f else c)]
+        assert matches, "not a crop of the padded image or of its mirror"
+        flipped += matches[0]
+    assert 16 <= flipped <= 48
+
+
+def test_augment_flips_about_half_and_is_seeded():
+    images = torch.arange(32, dtype=torch.uint8).repeat(4000, 3, 32, 1)  # each row 0..31: a flip reverses it
+    out = cifar.augment(images, torch.Generator().manual_seed(1))
+    centre = out[:, 0, 16, 8:24].long()  # the middle 16 columns are inside the image for every crop
+    flipped = (centre[:, 1] < centre[:, 0]).float().mean().item()
+    assert abs(flipped - 0.5) < 0.03
+    again = cifar.augment(images, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert not torch.equal(out, cifar.augment(images, torch.Generator().manual_seed(2)))
+
+
+def test_normalize_uses_the_training_statistics():
+    x = torch.tensor(cifar.MEAN).view(1, 3, 1, 1).mul(255).round().to(torch.uint8).expand(1, 3, 2, 2)
+    assert cifar.normalize(x).abs().max() < 0.01
+    assert cifar.normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten().tolist() == pytest.approx(
+        [(1 - m) / s for m, s in zip(cifar.MEAN, cifar.STD)])
+
+
+def test_loader_epochs_are_permutations_and_state_resumes():
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 32, 32).contiguous()
+    labels = torch.arange(40)
+    loader = cifar.Loader(images, labels, batch=8, device="cpu", seed=5, augment=False)
+    epoch = torch.cat([next(loader)[1] for _ in range(5)])
+    assert sorted(epoch.tolist()) == list(range(40))  # each image once per epoch
+    epoch2 = torch.cat([next(loader)[1] for _ in range(5)])
+    assert sorted(epoch2.tolist()) == list(range(40)) and not torch.equal(epoch, epoch2)
+
+    a = cifar.Loader(images, labels, batch=8, device="cpu", seed=5)
+    for _ in range(7):
+        next(a)
+    b = cifar.Loader(images, labels, batch=8, device="cpu", seed=99)
+    b.load_state_dict(a.state_dict())
+    for _ in range(6):  # across an epoch boundary
+        (xa, ya), (xb, yb) = next(a), next(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    x, _ = next(cifar.Loader(images, labels, batch=8, device="cpu", seed=5))
+    assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32)
+    with pytest.raises(ValueError, match="batch size 41"):
+        cifar.Loader(images, labels, batch=41, device="cpu")
+
+
+def test_real_cifar10_sample():
+    folder = real_data_dir()
+    x, y = cifar.load_cifar10(folder, train=True)
+    xt, yt = cifar.load_cifar10(folder, train=False)
+    assert len(x) % 5 == 0 and len(x) >= 10000 and len(xt) >= 2000
+    assert x.shape[1:] == (3, 32, 32) and y.min() == 0 and y.max() == 9
+    for labels in (y, yt):
+        counts = np.bincount(labels, minlength=10)
+        assert (counts > 0.07 * len(labels)).all(), counts  # every class present, roughly balanced
+    # Real photographs: neighbouring pixels are strongly correlated, and the channel means are
+    # close to the published statistics of the full training set.
+    means = x.reshape(len(x), 3, -1).mean((0, 2)) / 255
+    assert np.allclose(means, cifar.MEAN, atol=0.02), means
+    assert np.corrcoef(x[:, 0, :, :-1].ravel()[:10**6], x[:, 0, :, 1:].ravel()[:10**6])[0, 1] > 0.8

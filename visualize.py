@@ -1,0 +1,226 @@
+"""The study's Figures 1-5 and Table 1, from a checkpoint written by train.py.
+
+    fig1_learning_curve.png   train and test loss and accuracy against iterations
+    fig2_conv1_filters.png    the conv1 filters (64 RGB filters of 3 x 3)
+    fig3_conv1_maps.png       a test image and its conv1 feature maps (64 of 32 x 32)
+    fig4_conv5_maps.png       its conv5_x feature maps (512 of 4 x 4), blank ones counted
+    fig5_deconvnet.png        deconvnet projections (Zeiler & Fergus 2014) from conv1 and conv5_x
+
+Figures 3-5 need a test image, so they need --data. `--top9 conv5_x:7` also draws the nine
+test images that most activate a channel beside their projections (Zeiler & Fergus, Fig. 2).
+
+    python visualize.py --ckpt run.pt --data ./data --image 0 --out figures
+"""
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import cifar  # noqa: E402
+import train  # noqa: E402
+from deconvnet import project  # noqa: E402
+from resnet18 import STAGES  # noqa: E402
+
+TOP_CHANNELS = 8  # channels per layer in Figure 5
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="run.pt", help="checkpoint written by train.py (default run.pt)")
+    p.add_argument("--data", help="CIFAR-10 folder, for the test image of Figures 3-5 (default: none, Figures 1-2 only)")
+    p.add_argument("--image", type=int, default=0, help="index of the test image in Figures 3-5 (default 0)")
+    p.add_argument("--out", default="figures", help="folder for the PNG files (default figures)")
+    p.add_argument("--top9", metavar="LAYER:CHANNEL",
+                   help="also draw the 9 test images that most activate this channel, e.g. conv5_x:7")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when available)")
+    return p.parse_args(argv)
+
+
+def grid(tiles, cols, pad=1):
+    """(N, h, w[, 3]) tiles -> one image of rows x cols tiles, NaN (drawn white) between them."""
+    n, h, w = tiles.shape[:3]
+    rows = math.ceil(n / cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad) + tiles.shape[3:], np.nan)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = t
+    return out
+
+
+def filter_grid(weight):
+    """conv1 weights (C, 3, k, k) -> RGB grid, each filter scaled alone and symmetrically: 0 is mid-grey."""
+    w = weight.detach().float().cpu().numpy().transpose(0, 2, 3, 1)  # (C, 3, k, k) -> (C, k, k, 3)
+    scale = np.abs(w).reshape(len(w), -1).max(1).clip(min=1e-12)  # (C,)
+    w = 0.5 + w / (2 * scale[:, None, None, None])  # [-max, max] -> [0, 1]
+    return np.nan_to_num(grid(w, math.ceil(math.sqrt(len(w)))), nan=1.0)
+
+
+def show(images):
+    """Normalised (B, 3, H, W) tensor -> displayable (B, H, W, 3) in [0, 1]."""
+    mean, std = torch.tensor(cifar.MEAN).view(1, 3, 1, 1), torch.tensor(cifar.STD).view(1, 3, 1, 1)
+    return (images.float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def contrast(r):
+    """Projections (B, 3, H, W) -> (B, H, W, 3) in [0, 1], each scaled to its own +-max (0 is grey)."""
+    r = r.float().cpu()
+    r = 0.5 + r / (2 * r.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12))
+    return r.permute(0, 2, 3, 1).numpy()
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def fig1_learning_curve(history, args, path):
+    it = [h["iteration"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "acc", "Accuracy (%)")):
+        ax.plot(it, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train (no augmentation)")
+        ax.plot(it, [h[f"test_{key}"] for h in history], "o-", ms=3, label="test")
+        for d in args["lr_drops"]:
+            ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
+        for row in range(train.TABLE_EVERY, max(it) + 1, train.TABLE_EVERY):
+            ax.axvline(row, color="grey", ls=":", lw=1)
+        ax.set(xlabel="iteration", title=title)
+    study = [(i, a) for i, a in train.STUDY_TEST_ACC.items() if i <= max(it)]
+    if study:
+        axes[1].plot(*zip(*study), "k*", ms=10, label="study, test (Table 1)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"ResNet-18 (width {args['width']}), batch {args['batch']}; dotted: the Table 1 rows")
+    save(fig, path)
+
+
+def fig2_conv1_filters(model, path):
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(filter_grid(model.conv1[0].weight), interpolation="nearest")
+    ax.set(title=f"The {model.conv1[0].out_channels} conv1 filters (3 x 3 RGB; grey = 0, each scaled alone)")
+    ax.axis("off")
+    save(fig, path)
+
+
+def fig3_conv1_maps(x, feats, label, path):
+    maps = feats["conv1"][0].float().cpu().numpy()  # (C, 32, 32)
+    maps = maps / maps.reshape(len(maps), -1).max(1).clip(min=1e-12)[:, None, None]  # each map alone
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
+    axes[0].imshow(show(x)[0], interpolation="nearest")
+    axes[0].set(title=f"input: {label}")
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
+    axes[1].imshow(grid(maps, math.ceil(math.sqrt(len(maps)))), cmap=cmap, interpolation="nearest")
+    axes[1].set(title=f"its {len(maps)} conv1 feature maps, {maps.shape[1]} x {maps.shape[2]} (each scaled alone)")
+    for ax in axes:
+        ax.axis("off")
+    save(fig, path)
+
+
+def fig4_conv5_maps(feats, label, path):
+    maps = feats["conv5_x"][0].float().cpu().numpy()  # (C, 4, 4)
+    blank = maps.reshape(len(maps), -1).max(1) == 0  # (C,) all-zero maps
+    cols = 2 * math.ceil(math.sqrt(len(maps) / 2))
+    h = maps.shape[1]
+    fig, ax = plt.subplots(figsize=(14, 8))
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
+    ax.imshow(grid(maps / max(maps.max(), 1e-12), cols), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    for i in np.flatnonzero(blank):
+        r, c = divmod(i, cols)
+        ax.add_patch(plt.Rectangle((c * (h + 1) + 0.5, r * (h + 1) + 0.5), h, h, fill=False, ec="red", lw=0.8))
+    ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of {h} x {h}, one shared scale; "
+                 f"{blank.sum()} blank (all zero), outlined in red")
+    ax.axis("off")
+    save(fig, path)
+    return int(blank.sum())
+
+
+def fig5_deconvnet(model, x, feats, path):
+    rows = []
+    for layer in ("conv1", "conv5_x"):
+        strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
+        channels = strength.argsort(descending=True)[:TOP_CHANNELS].tolist()
+        rows.append((layer, channels, [contrast(project(model, x, layer, c))[0] for c in channels]))
+    fig, axes = plt.subplots(2, TOP_CHANNELS + 1, figsize=(2 * (TOP_CHANNELS + 1), 4.6))
+    for (layer, channels, recons), row in zip(rows, axes):
+        row[0].imshow(show(x)[0], interpolation="nearest")
+        row[0].set_title("input")
+        for ax, c, r in zip(row[1:], channels, recons):
+            ax.imshow(r, interpolation="nearest")
+            ax.set_title(f"{layer} ch {c}", fontsize=9)
+        for ax in row:
+            ax.axis("off")
+    fig.suptitle("Deconvnet projections to pixel space of each channel's strongest activation, "
+                 "most active channels first (contrast-enhanced: each panel scaled to its own range, grey = 0)")
+    save(fig, path)
+
+
+def top9(model, test_x, spec, out):
+    layer, _, channel = spec.partition(":")
+    if layer not in STAGES or not channel.isdigit():
+        raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of {', '.join(STAGES)}")
+    channel = int(channel)
+    p = next(model.parameters())
+    with torch.no_grad():
+        strength = torch.cat([model.features(cifar.normalize(test_x[i:i + 500].to(p.device)))[layer][:, channel].flatten(1).amax(1)
+                              for i in range(0, len(test_x), 500)])  # (N,) strongest activation per image
+    idx = strength.argsort(descending=True)[:9]
+    x = cifar.normalize(test_x[idx].to(p.device))  # (9, 3, 32, 32)
+    recons = contrast(project(model, x, layer, channel))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    axes[0].imshow(np.nan_to_num(grid(recons, 3), nan=1.0), interpolation="nearest")
+    axes[0].set_title("deconvnet projections (contrast-enhanced)")
+    axes[1].imshow(np.nan_to_num(grid(show(x), 3), nan=1.0), interpolation="nearest")
+    axes[1].set_title("the test images")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"The 9 test images that most activate {layer} channel {channel}")
+    save(fig, Path(out) / f"top9_{layer}_{channel}.png")
+
+
+def main(argv=None):
+    args = get_args(argv)
+    device = train.pick_device(args.device)
+    ckpt = train.load_checkpoint(args.ckpt)
+    run = ckpt["args"]
+    model = train.build_model(run["width"], ckpt["model"], device).eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    history = ckpt["history"]
+    print(f"{args.ckpt}: ResNet18(width={run['width']}) at iteration {ckpt['iteration']:,}")
+    print(train.table(history) if history else "no evaluation in this checkpoint yet: no Table 1, no Figure 1")
+    if history:
+        fig1_learning_curve(history, run, out / "fig1_learning_curve.png")
+    fig2_conv1_filters(model, out / "fig2_conv1_filters.png")
+    if args.data is None:
+        print("Figures 3-5 (feature maps, deconvnet) and --top9 need test images: pass --data with the CIFAR-10 folder")
+        return 0
+    test_x, test_y = cifar.load_cifar10(args.data, train=False)
+    if not 0 <= args.image < len(test_y):
+        raise ValueError(f"--image {args.image}: the test set in {args.data} has images 0 to {len(test_y) - 1}")
+    test_x = torch.as_tensor(test_x)
+    x = cifar.normalize(test_x[args.image:args.image + 1].to(device))  # (1, 3, 32, 32)
+    label = f"test image {args.image} ({cifar.CLASSES[test_y[args.image]]})"
+    with torch.no_grad():
+        feats = model.features(x)
+    fig3_conv1_maps(x, feats, label, out / "fig3_conv1_maps.png")
+    blank = fig4_conv5_maps(feats, label, out / "fig4_conv5_maps.png")
+    print(f"conv5_x: {blank} of {feats['conv5_x'].shape[1]} feature maps of {label} are blank (all zero)")
+    fig5_deconvnet(model, x, feats, out / "fig5_deconvnet.png")
+    if args.top9:
+        top9(model, test_x, args.top9, out)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
