@@ -143,21 +143,22 @@ def fig4_conv5_maps(feats, label, path):
 
 def fig5_deconvnet(model, x, feats, path):
     rows = []
-    for layer in ("conv1", "conv5_x"):
+    for layer, guided in (("conv1", False), ("conv5_x", False), ("conv5_x", True)):
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
         channels = strength.argsort(descending=True)[:TOP_CHANNELS].tolist()
-        rows.append((layer, channels, [contrast(project(model, x, layer, c))[0] for c in channels]))
-    fig, axes = plt.subplots(2, TOP_CHANNELS + 1, figsize=(2 * (TOP_CHANNELS + 1), 4.6))
-    for (layer, channels, recons), row in zip(rows, axes):
+        recons = [contrast(project(model, x, layer, c, guided=guided))[0] for c in channels]
+        rows.append((f"{layer}{', guided' if guided else ''}", channels, recons))
+    fig, axes = plt.subplots(len(rows), TOP_CHANNELS + 1, figsize=(2 * (TOP_CHANNELS + 1), 2.3 * len(rows)))
+    for (name, channels, recons), row in zip(rows, axes):
         row[0].imshow(show(x)[0], interpolation="nearest")
         row[0].set_title("input")
         for ax, c, r in zip(row[1:], channels, recons):
             ax.imshow(r, interpolation="nearest")
-            ax.set_title(f"{layer} ch {c}", fontsize=9)
+            ax.set_title(f"{name} ch {c}", fontsize=9)
         for ax in row:
             ax.axis("off")
-    fig.suptitle("Deconvnet projections to pixel space of each channel's strongest activation, "
-                 "most active channels first (contrast-enhanced: each panel scaled to its own range, grey = 0)")
+    fig.suptitle("Deconvnet projections to pixel space of each channel's strongest activation, most active channels "
+                 "first;\nlast row: guided backpropagation (contrast-enhanced: each panel scaled to its own range, grey = 0)")
     save(fig, path)
 
 

@@ -1,0 +1,51 @@
+"""visualize.py: the five figures from a tiny checkpoint, and the filter grid's scale."""
+import numpy as np
+import pytest
+import torch
+
+import visualize
+from conftest import make_cifar, run_cli
+
+FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
+           "fig4_conv5_maps.png", "fig5_deconvnet.png"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    data = make_cifar(folder / "data")
+    r = run_cli("train.py", "--data", data, "--iters", 20, "--width", 4, "--batch", 8, "--eval-every", 10,
+                "--lr-drops", 15, "--no-download", "--device", "cpu", cwd=folder)
+    assert r.returncode == 0, r.stderr
+    return folder
+
+
+def test_cli_writes_all_five_figures(tiny_run, tmp_path):
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--data", tiny_run / "data", "--image", 3,
+                "--out", tmp_path / "figs", "--top9", "conv5_x:2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in FIGURES + ["top9_conv5_x_2.png"]:
+        png = (tmp_path / "figs" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+    assert "| Iterations |" in r.stdout and "feature maps of test image 3" in r.stdout
+
+
+def test_cli_without_data_draws_what_it_can(tiny_run, tmp_path):
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--out", tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "need test images: pass --data" in r.stdout
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == FIGURES[:2]
+
+
+def test_filter_grid_maps_zero_to_mid_grey():
+    w = torch.zeros(4, 3, 3, 3)
+    w[0, 0, 0, 0], w[0, 1, 1, 1] = 2.0, -1.0  # filter 0: one positive and one negative weight
+    w[1] = torch.randn(3, 3, 3)
+    img = visualize.filter_grid(w)  # 2 x 2 filters of 3 x 3, 1-pixel white borders
+    assert img.shape == (9, 9, 3)
+    f0 = img[1:4, 1:4]  # (3, 3, RGB)
+    assert f0[0, 0, 0] == 1.0 and f0[1, 1, 1] == 0.25  # +max -> 1, -max / 2 -> 0.25
+    assert (np.delete(f0.reshape(-1), [0, 4 * 3 + 1]) == 0.5).all()  # every zero weight is mid-grey
+    assert (img[1:4, 5:8] != 0.5).any() and (img[5:8, 1:4] == 0.5).all()  # an all-zero filter is all grey
+    f1 = img[1:4, 5:8]
+    assert f1.min() >= 0 and f1.max() <= 1 and (f1.min() == 0 or f1.max() == 1)  # symmetric, to its own max
