@@ -168,9 +168,14 @@ def top9(model, test_x, spec, out):
         raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of {', '.join(STAGES)}")
     channel = int(channel)
     p = next(model.parameters())
+    strength = []  # per test image, the channel's strongest activation
     with torch.no_grad():
-        strength = torch.cat([model.features(cifar.normalize(test_x[i:i + 500].to(p.device)))[layer][:, channel].flatten(1).amax(1)
-                              for i in range(0, len(test_x), 500)])  # (N,) strongest activation per image
+        for i in range(0, len(test_x), 500):
+            act = model.features(cifar.normalize(test_x[i:i + 500].to(p.device)))[layer]  # (B, C, h, w)
+            if channel >= act.shape[1]:
+                raise ValueError(f"--top9 {spec}: {layer} has {act.shape[1]} channels, no channel {channel}")
+            strength.append(act[:, channel].flatten(1).amax(1))  # (B,)
+    strength = torch.cat(strength)  # (N,)
     idx = strength.argsort(descending=True)[:9]
     x = cifar.normalize(test_x[idx].to(p.device))  # (9, 3, 32, 32)
     recons = contrast(project(model, x, layer, channel))
