@@ -245,6 +245,8 @@ def main(argv=None):
     params = list(model.parameters())
     bufs = [torch.zeros_like(p) for p in params]
     if args.resume:
+        if [b.shape for b in bufs] != [getattr(m, "shape", None) for m in ckpt["momentum"]]:
+            raise ValueError(f"{ckpt_path}: its momentum buffers do not fit ResNet18(width={args.width})")
         for b, saved in zip(bufs, ckpt["momentum"]):
             b.copy_(saved)
         loader.load_state_dict(ckpt["loader"])
@@ -253,9 +255,9 @@ def main(argv=None):
         step_model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
     def save(it):
-        ckpt = {"model": model.state_dict(), "iteration": it, "history": history, "args": vars(args),
+        snapshot = {"model": model.state_dict(), "iteration": it, "history": history, "args": vars(args),
                 "data": data_id, "momentum": bufs, "loader": loader.state_dict()}
-        save_atomic(ckpt_path, lambda f: torch.save(ckpt, f))
+        save_atomic(ckpt_path, lambda f: torch.save(snapshot, f))
         save_history_csv(ckpt_path.with_suffix(".csv"), history)
 
     def check_finite(loss, it):
