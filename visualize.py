@@ -6,10 +6,12 @@
     fig4_conv5_maps.png       its conv5_x feature maps (512 of 4 x 4), blank ones counted
     fig5_deconvnet.png        deconvnet projections (Zeiler & Fergus 2014) from conv1 and conv5_x
 
-Figures 3-5 need a test image, so they need --data. `--top9 conv5_x:7` also draws the nine
-test images that most activate a channel beside their projections (Zeiler & Fergus, Fig. 2).
+Figures 3-5 need a test image: from --data, or else from the data folder the run was trained
+on; without either, only Figures 1-2 are drawn. `--top9 conv5_x:7` also draws the nine test
+images that most activate a channel beside their projections (Zeiler & Fergus, Fig. 2).
 
-    python visualize.py --ckpt run.pt --data ./data --image 0 --out figures
+    python visualize.py --ckpt run.pt                    # writes figures/fig*.png
+    python visualize.py --ckpt run.pt --data ./data --image 7 --top9 conv5_x:7 --out figures
 """
 import argparse
 import math
@@ -34,7 +36,7 @@ TOP_CHANNELS = 8  # channels per layer in Figure 5
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="run.pt", help="checkpoint written by train.py (default run.pt)")
-    p.add_argument("--data", help="CIFAR-10 folder, for the test image of Figures 3-5 (default: none, Figures 1-2 only)")
+    p.add_argument("--data", help="CIFAR-10 folder with the test images of Figures 3-5 (default: the run's --data)")
     p.add_argument("--image", type=int, default=0, help="index of the test image in Figures 3-5 (default 0)")
     p.add_argument("--out", default="figures", help="folder for the PNG files (default figures)")
     p.add_argument("--top9", metavar="LAYER:CHANNEL",
@@ -205,12 +207,17 @@ def main(argv=None):
     if history:
         fig1_learning_curve(history, run, out / "fig1_learning_curve.png")
     fig2_conv1_filters(model, out / "fig2_conv1_filters.png")
-    if args.data is None:
-        print("Figures 3-5 (feature maps, deconvnet) and --top9 need test images: pass --data with the CIFAR-10 folder")
-        return 0
-    test_x, test_y = cifar.load_cifar10(args.data, train=False)
+    data = args.data
+    if data is None:  # the run's own data folder, if it is still there
+        data = run.get("data")
+        if data is None or not (cifar.find_folder(data) / cifar.TEST_FILES[0]).is_file():
+            print(f"Figures 3-5 (feature maps, deconvnet) and --top9 need test images, and the run's data folder "
+                  f"({data}) has none: pass --data with the CIFAR-10 folder")
+            return 0
+        print(f"test images from {data}, the run's --data")
+    test_x, test_y = cifar.load_cifar10(data, train=False)
     if not 0 <= args.image < len(test_y):
-        raise ValueError(f"--image {args.image}: the test set in {args.data} has images 0 to {len(test_y) - 1}")
+        raise ValueError(f"--image {args.image}: the test set in {data} has images 0 to {len(test_y) - 1}")
     test_x = torch.as_tensor(test_x)
     x = cifar.normalize(test_x[args.image:args.image + 1].to(device))  # (1, 3, 32, 32)
     label = f"test image {args.image} ({cifar.CLASSES[test_y[args.image]]})"

@@ -30,11 +30,18 @@ def test_cli_writes_all_five_figures(tiny_run, tmp_path):
     assert "| Iterations |" in r.stdout and "feature maps of test image 3" in r.stdout
 
 
-def test_cli_without_data_draws_what_it_can(tiny_run, tmp_path):
-    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--out", tmp_path, cwd=tmp_path)
+def test_cli_without_data_uses_the_runs_data_or_draws_what_it_can(tiny_run, tmp_path):
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--out", tmp_path / "a", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "need test images: pass --data" in r.stdout
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == FIGURES[:2]
+    assert "the run's --data" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == FIGURES
+    ckpt = torch.load(tiny_run / "run.pt", weights_only=True)
+    ckpt["args"]["data"] = str(tmp_path / "gone")
+    torch.save(ckpt, tmp_path / "moved.pt")
+    r = run_cli("visualize.py", "--ckpt", tmp_path / "moved.pt", "--out", tmp_path / "b", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "need test images" in r.stdout and "pass --data" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.png")) == FIGURES[:2]
 
 
 def test_filter_grid_maps_zero_to_mid_grey():
