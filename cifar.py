@@ -88,7 +88,7 @@ def _safe_extract(archive, dest):
             else:
                 tar.extractall(dest)
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"{archive}: not a readable tar.gz archive ({e})") from None
+        raise ValueError(f"{archive}: could not extract it ({e})") from None
 
 
 def download_cifar10(root, url=URL, md5=MD5):

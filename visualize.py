@@ -99,7 +99,8 @@ def fig1_learning_curve(history, args, path):
         axes[1].plot(*zip(*study), "k*", ms=10, label="study, test (Table 1)")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.suptitle(f"ResNet-18 (width {args['width']}), batch {args['batch']}; dotted: the Table 1 rows")
+    rows = "; dotted: the Table 1 rows" if max(it) >= train.TABLE_EVERY else ""
+    fig.suptitle(f"ResNet-18 (width {args['width']}), batch {args['batch']}{rows}")
     save(fig, path)
 
 

@@ -136,7 +136,7 @@ def test_truncated_archive_with_matching_md5_is_refused(tmp_path):
     with tarfile.open(tgz, "w:gz") as tar:
         tar.add(make_cifar(tmp_path / "src"), arcname=cifar.FOLDER)
     tgz.write_bytes(tgz.read_bytes()[:5000])
-    with pytest.raises(ValueError, match="not a readable tar.gz archive"):
+    with pytest.raises(ValueError, match="could not extract it"):
         cifar.download_cifar10(tmp_path / "data", url=tgz.as_uri(), md5=hashlib.md5(tgz.read_bytes()).hexdigest())
     assert list((tmp_path / "data").iterdir()) == []
 
