@@ -31,7 +31,7 @@ TABLE_EVERY = 10000  # iterations between the rows of Table 1
 TRAIN_SUBSET = 10000  # images on which train accuracy is measured between the rows
 LOG_EVERY = 100  # iterations between log lines
 HISTORY_KEYS = ("iteration", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "train_images")
-SAME_RUN = ("width", "batch", "lr", "momentum", "wd", "lr_drops", "seed")  # flags a resumed run must keep
+SAME_RUN = ("width", "batch", "lr", "momentum", "wd", "seed")  # flags a resumed run must keep
 
 
 def positive(text):
@@ -238,6 +238,11 @@ def main(argv=None):
             if ckpt["args"].get(k) != vars(args)[k]:
                 raise ValueError(f"{ckpt_path} was trained with --{k.replace('_', '-')} {ckpt['args'].get(k)}, "
                                  f"but this run has --{k.replace('_', '-')} {vars(args)[k]}")
+        changed = sorted(set(ckpt["args"]["lr_drops"]) ^ set(args.lr_drops))
+        if changed and changed[0] < ckpt["iteration"]:  # later drops may change: that part is not run yet
+            raise ValueError(f"{ckpt_path} was trained with --lr-drops {' '.join(map(str, ckpt['args']['lr_drops']))}, "
+                             f"but this run has --lr-drops {' '.join(map(str, args.lr_drops))}, a different schedule "
+                             f"before iteration {ckpt['iteration']}")
         if ckpt["data"] != data_id:
             raise ValueError(f"{ckpt_path} was trained on other data ({ckpt['data']}) than --data {args.data} ({data_id})")
         start, history, state = ckpt["iteration"], ckpt["history"], ckpt["model"]

@@ -79,6 +79,18 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     assert [h["iteration"] for h in hist] == [10, 15, 20, 30]
 
 
+def test_resume_may_change_only_the_schedule_still_ahead(tiny_data, tmp_path):
+    args = ("--data", tiny_data, *TINY)
+    assert run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "straight.pt", cwd=tmp_path).returncode == 0
+    assert run_cli("train.py", *args, "--iters", 15, "--lr-drops", "--ckpt", "ext.pt", cwd=tmp_path).returncode == 0
+    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 10, "--ckpt", "ext.pt", "--resume", cwd=tmp_path)
+    assert r.returncode != 0 and "a different schedule before iteration 15" in r.stderr
+    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "ext.pt", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a, b = weights(tmp_path / "straight.pt"), weights(tmp_path / "ext.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sigint_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):
     import subprocess
     import sys
