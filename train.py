@@ -59,7 +59,8 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the batches (default 0)")
     p.add_argument("--width", type=positive, default=64, help="channels of conv1; every stage scales with it (default 64, the paper)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (for CUDA; off by default)")
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast, for GPUs and CPUs with bfloat16 units (default off: float32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model; on CUDA with CUDA graphs (mode reduce-overhead). Off by default")
     args = p.parse_args(argv)
@@ -126,8 +127,11 @@ def evaluate(model, images, labels, amp=False, batch=1000):
 
 
 def table(history):
-    """Table 1 of the study, in its layout, from a run's history (its 10k rows, or every row)."""
-    rows = [h for h in history if h["iteration"] % TABLE_EVERY == 0] or history
+    """Table 1 of the study, in its layout: the rows at every 10,000th iteration and the last one,
+    or every evaluation of a run too short for two such rows."""
+    rows = [h for h in history if h["iteration"] % TABLE_EVERY == 0 or h is history[-1]]
+    if len(rows) < 2:
+        rows = history
     lines = ["| Iterations | Train error (%) | Train accuracy (%) | Test error (%) | Test accuracy (%) | Study test accuracy (%) |",
              "|---:|---:|---:|---:|---:|---:|"]
     for h in rows:

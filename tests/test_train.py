@@ -48,6 +48,15 @@ def test_lr_at_around_each_drop():
     assert train.lr_at(10**6, 0.5, ()) == 0.5
 
 
+def test_table_rows():
+    def history(*its):
+        return [{"iteration": i, "train_acc": 90.0, "test_acc": 79.6} for i in its]
+    rows = train.table(history(5000, 10000, 15000, 20000, 25000)).splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["10,000", "20,000", "25,000"]
+    assert rows[0] == "| 10,000 | 10.00 | 90.00 | 20.40 | 79.60 | 79.60 |"
+    assert len(train.table(history(100, 200, 300)).splitlines()) == 5
+
+
 def test_cli_writes_checkpoint_csv_and_table(tiny_data, tmp_path):
     r = run_cli("train.py", "--data", tiny_data, "--iters", 20, "--lr-drops", 15, *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
