@@ -11,6 +11,7 @@ batches, as tensor operations on the device that holds the data.
 
     python cifar.py ./data    # downloads CIFAR-10 if needed and prints what it read
 """
+import functools
 import hashlib
 import shutil
 import sys
@@ -135,10 +136,17 @@ def download_cifar10(root, url=URL, md5=MD5):
     return root / FOLDER
 
 
+@functools.cache
+def _mean_std(device):
+    """MEAN and STD in pixel units as (1, 3, 1, 1) tensors, copied to each device once (a copy
+    from the host in every step would make the host wait for the GPU)."""
+    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255,
+            torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
+
+
 def normalize(images):
     """uint8 (B, 3, H, W) -> float32 (B, 3, H, W), standardised per channel with MEAN and STD."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return (images.float() - mean) / std
 
 
@@ -199,7 +207,11 @@ class Loader:
         return {"generator": self.generator.get_state(), "order": self.order, "pos": self.pos}
 
     def load_state_dict(self, state):
-        self.generator.set_state(state["generator"])
+        try:
+            self.generator.set_state(state["generator"])
+        except RuntimeError:
+            raise ValueError("the saved batch order comes from a run on another kind of device; "
+                             "resume it on the device it started on") from None
         self.order = None if state["order"] is None else state["order"].to(self.images.device)
         self.pos = state["pos"]
 

@@ -177,6 +177,12 @@ def test_bf16_autocast_stays_close():
     torch.testing.assert_close(run_steps(torch.channels_last, amp=True), plain_steps(), rtol=0.05, atol=0.05)
 
 
+def test_cli_accepts_the_fast_path_flags(tiny_data, tmp_path):
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 10, "--lr-drops", "--amp", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["args"]["amp"] is True
+
+
 def test_torch_compile_matches_eager():
     t = time.time()
     torch.testing.assert_close(run_steps(torch.channels_last, compiled=True), plain_steps(), rtol=1e-3, atol=1e-4)
