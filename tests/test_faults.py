@@ -27,7 +27,9 @@ def assert_one_line_error(r, *fragments):
     assert r.returncode != 0, r.stdout
     assert "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(("error:", "usage:")) or "error:" in lines[-1], r.stderr
+    ours = len(lines) == 1 and lines[0].startswith("error: ")
+    argparse = lines[0].startswith("usage:") and all(ln.startswith(" ") for ln in lines[1:-1]) and ": error: " in lines[-1]
+    assert ours or argparse, r.stderr
     for f in fragments:
         assert f in r.stderr, (f, r.stderr)
 
