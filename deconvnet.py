@@ -29,6 +29,7 @@ from resnet18 import STAGES
 
 
 def _relu_down(r, mask, guided):
+    """Zeiler & Fergus: rectify the signal; guided backpropagation also keeps the forward mask."""
     r = r.clamp(min=0)
     return r * mask if guided else r
 
@@ -42,6 +43,7 @@ def _conv_bn_down(r, conv, bn, in_size):
 
 
 def _block_down(r, block, masks, in_size, guided):
+    """Undo one BasicBlock: (B, C_out, h, w) -> (B, C_in, in_size, in_size)."""
     r = _relu_down(r, masks[block.relu2], guided)  # the ReLU after the addition, once
     main = _conv_bn_down(r, block.conv2, block.bn2, r.shape[-1])
     main = _relu_down(main, masks[block.relu1], guided)
