@@ -15,9 +15,11 @@ import hashlib
 import io
 import math
 import os
+import pickle
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -170,10 +172,15 @@ def load_checkpoint(path, keys=("model", "iteration", "history", "args")):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, refused global: all mean "not ours"
+        with warnings.catch_warnings():  # torch warns about unusual pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: not a readable checkpoint of train.py (it holds Python objects beyond "
+                         f"tensors and plain data, which are never loaded: loading them could run code)") from None
+    except Exception as e:  # a truncated file, or not a checkpoint at all
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable checkpoint of train.py ({reason[:200]})") from None
+        raise ValueError(f"{path}: not a readable checkpoint of train.py ({reason[:120]})") from None
     missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a checkpoint of train.py, missing {', '.join(missing)}")
