@@ -14,6 +14,7 @@ batches, as tensor operations on the device that holds the data.
 import functools
 import hashlib
 import shutil
+import stat
 import sys
 import tarfile
 import urllib.request
@@ -29,6 +30,7 @@ FOLDER = "cifar-10-batches-bin"  # what the archive extracts to
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILES = ("test_batch.bin",)
 RECORD_BYTES = 1 + 3 * 32 * 32
+MAX_RECORDS = 60000  # all of CIFAR-10; a file larger than that is not a CIFAR-10 batch
 # Per-channel mean and standard deviation of the 50,000 training images, pixels scaled to
 # [0, 1] (computed over all 50,000 x 32 x 32 pixels of each channel; the figures are the
 # ones used throughout the CIFAR literature). The test set is normalised with the same.
@@ -39,6 +41,15 @@ STD = (0.2470, 0.2435, 0.2616)
 def read_batch(path):
     """One binary batch file -> (images uint8 (N, 3, 32, 32), labels int64 (N,))."""
     path = Path(path)
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"{path}: a folder, where a CIFAR-10 batch file should be")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file (a pipe or a device?), where a CIFAR-10 "
+                         f"batch file should be")
+    if path.stat().st_size > MAX_RECORDS * RECORD_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, more than all of CIFAR-10 "
+                         f"({MAX_RECORDS:,} records of {RECORD_BYTES} bytes)")
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if raw.size == 0:
         raise ValueError(f"{path}: empty file, expected {RECORD_BYTES}-byte CIFAR-10 records")
@@ -74,6 +85,24 @@ def load_cifar10(root, train=True):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def load_or_download(root, download=True):
+    """(train images, train labels, test images, test labels) from `root`, downloading
+    CIFAR-10 first when `root` holds none of its files (and `download` is set)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--data {root}: a file, not a folder")
+    folder = find_folder(root)
+    if download and not any((folder / n).exists() for n in TRAIN_FILES + TEST_FILES):
+        created = not root.exists()
+        try:
+            download_cifar10(root)
+        except (OSError, ValueError) as e:
+            if created:  # leave no empty folder behind a mistyped --data
+                shutil.rmtree(root, ignore_errors=True)
+            raise type(e)(f"no CIFAR-10 files in {root}, so a download was tried: {e}") from None
+    return (*load_cifar10(root, train=True), *load_cifar10(root, train=False))
+
+
 def _safe_extract(archive, dest):
     """Extract a tar archive into `dest`, refusing any member that would land outside it."""
     dest = dest.resolve()
@@ -101,6 +130,9 @@ def download_cifar10(root, url=URL, md5=MD5):
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     archive = root / Path(url).name
+    if archive.exists() and not archive.is_file():
+        raise ValueError(f"{archive}: not a file, where the CIFAR-10 archive would be; "
+                         f"move it away and try again")
     fetched = not archive.exists()
     if fetched:
         archive = root / (Path(url).name + ".part")
@@ -145,9 +177,11 @@ def _mean_std(device):
 
 
 def normalize(images):
-    """uint8 (B, 3, H, W) -> float32 (B, 3, H, W), standardised per channel with MEAN and STD."""
+    """uint8 (B, 3, H, W) -> float32 (B, 3, H, W), standardised per channel with MEAN and STD,
+    in channels_last memory order (the layout the model is kept in: the fast one for its
+    convolutions). Every image the model sees passes here."""
     mean, std = _mean_std(images.device)
-    return (images.float() - mean) / std
+    return (images.contiguous(memory_format=torch.channels_last).float() - mean) / std
 
 
 def augment(images, generator):

@@ -1,30 +1,36 @@
-"""ResNet-18 for CIFAR-10, as in He et al. 2016 (arXiv:1512.03385) and the study.
+"""ResNet-18 and ResNet-34 for CIFAR-10, as in He et al. 2016 (arXiv:1512.03385) and the study,
+and their plain twins without shortcuts, the control of He et al. §4.1.
 
 Read it next to He et al. §3.2-3.3 (the building block, the shortcuts) and Table 1
-(the 18-layer column). The CIFAR form departs from the ImageNet one in its stem only:
-conv1 is a 3x3, stride-1 convolution with no max-pool, so that its 64 feature maps are
+(the 18-layer and 34-layer columns). The CIFAR form departs from the ImageNet one in its stem
+only: conv1 is a 3x3, stride-1 convolution with no max-pool, so that its 64 feature maps are
 32 x 32, the size the study shows in its Figure 3.
 
     conv1     3x3, 64, stride 1             (B, 3, 32, 32)  -> (B, 64, 32, 32)
-    conv2_x   2 blocks of [3x3, 64] x 2     (B, 64, 32, 32) -> (B, 64, 32, 32)
-    conv3_x   2 blocks of [3x3, 128] x 2    (B, 64, 32, 32) -> (B, 128, 16, 16)
-    conv4_x   2 blocks of [3x3, 256] x 2    (B, 128, 16, 16) -> (B, 256, 8, 8)
-    conv5_x   2 blocks of [3x3, 512] x 2    (B, 256, 8, 8)  -> (B, 512, 4, 4)
+    conv2_x   n2 blocks of [3x3, 64] x 2    (B, 64, 32, 32) -> (B, 64, 32, 32)
+    conv3_x   n3 blocks of [3x3, 128] x 2   (B, 64, 32, 32) -> (B, 128, 16, 16)
+    conv4_x   n4 blocks of [3x3, 256] x 2   (B, 128, 16, 16) -> (B, 256, 8, 8)
+    conv5_x   n5 blocks of [3x3, 512] x 2   (B, 256, 8, 8)  -> (B, 512, 4, 4)
     global average pool, 10-way linear     (B, 512, 4, 4)  -> (B, 10)
 
-`width` scales every stage (64 above), for CPU-sized runs and tests.
+(n2, n3, n4, n5) is (2, 2, 2, 2) for ResNet-18 and (3, 4, 6, 3) for ResNet-34. The first block
+of conv3_x, conv4_x and conv5_x halves the size with a stride-2 first convolution.
+`width` scales every stage (64 above), for CPU-sized runs and tests. `plain=True` removes
+every shortcut and nothing else: He et al.'s plain network, in which a deeper net trains
+worse than a shallower one (the degradation problem, §4.1, Figure 4 left).
 
 Initialisation: every convolution is Kaiming-normal (He et al. 2015, arXiv:1502.01852,
 eq. 10: std = sqrt(2 / fan_in)); every BatchNorm has weight 1 and bias 0; the linear
 layer keeps PyTorch's default (uniform in +-1/sqrt(fan_in)). All of it draws from
 torch's global generator, so `torch.manual_seed` makes a model reproducible.
 
-    python resnet18.py    # prints the parameter count and every stage's output shape
+    python resnet18.py    # prints the parameter counts and every stage's output shape
 """
 import torch
 from torch import nn
 
 STAGES = ("conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x")
+BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks in conv2_x ... conv5_x (Table 1)
 
 
 class BasicBlock(nn.Module):
@@ -32,39 +38,53 @@ class BasicBlock(nn.Module):
 
     The shortcut is the identity when the shape is kept, and otherwise a strided 1x1
     convolution with BatchNorm (the paper's option B, §3.3). No convolution has a bias:
-    the BatchNorm after it has one.
+    the BatchNorm after it has one. A plain block (`plain=True`) has no shortcut at all:
+    relu(bn(conv(relu(bn(conv(x)))))).
     """
 
-    def __init__(self, in_channels, out_channels, stride=1):
+    def __init__(self, in_channels, out_channels, stride=1, plain=False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = nn.Sequential()  # identity
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = None  # plain: no shortcut branch
+        if not plain:
+            self.shortcut = nn.Sequential()  # identity
+            if stride != 1 or in_channels != out_channels:
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                )
         self.relu2 = nn.ReLU()  # after the addition
 
     def forward(self, x):  # (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return self.relu2(out)
 
 
-class ResNet18(nn.Module):
-    def __init__(self, num_classes=10, width=64):
+def stage(in_channels, out_channels, blocks, stride, plain):
+    """One conv*_x stage: `blocks` BasicBlocks, the first one changing channels and size."""
+    return nn.Sequential(BasicBlock(in_channels, out_channels, stride, plain),
+                         *(BasicBlock(out_channels, out_channels, 1, plain)
+                           for _ in range(blocks - 1)))
+
+
+class ResNet(nn.Module):
+    def __init__(self, depth=18, num_classes=10, width=64, plain=False):
         super().__init__()
-        w = width
-        self.conv1 = nn.Sequential(nn.Conv2d(3, w, 3, 1, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        self.conv2_x = nn.Sequential(BasicBlock(w, w, 1), BasicBlock(w, w))
-        self.conv3_x = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w))
-        self.conv4_x = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w))
-        self.conv5_x = nn.Sequential(BasicBlock(4 * w, 8 * w, 2), BasicBlock(8 * w, 8 * w))
+        w, (n2, n3, n4, n5) = width, BLOCKS[depth]
+        self.depth, self.plain = depth, plain
+        self.conv1 = nn.Sequential(nn.Conv2d(3, w, 3, 1, padding=1, bias=False),
+                                   nn.BatchNorm2d(w), nn.ReLU())
+        self.conv2_x = stage(w, w, n2, 1, plain)
+        self.conv3_x = stage(w, 2 * w, n3, 2, plain)
+        self.conv4_x = stage(2 * w, 4 * w, n4, 2, plain)
+        self.conv5_x = stage(4 * w, 8 * w, n5, 2, plain)
         self.fc = nn.Linear(8 * w, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -87,8 +107,24 @@ class ResNet18(nn.Module):
         return self.fc(x)  # (B, 8w) -> (B, num_classes)
 
 
+def ResNet18(num_classes=10, width=64, plain=False):
+    return ResNet(18, num_classes, width, plain)
+
+
+def ResNet34(num_classes=10, width=64, plain=False):
+    return ResNet(34, num_classes, width, plain)
+
+
+def network_name(depth=18, plain=False):
+    """The network's name as He et al. write it: "ResNet-18", "plain-34"."""
+    return f"{'plain' if plain else 'ResNet'}-{depth}"
+
+
 if __name__ == "__main__":
-    model = ResNet18()
-    print(f"ResNet18(width=64): {sum(p.numel() for p in model.parameters()):,} parameters")
-    for name, f in model.features(torch.zeros(1, 3, 32, 32)).items():
-        print(f"{name:8s} {tuple(f.shape)}")
+    for depth in BLOCKS:
+        for plain in (False, True):
+            model = ResNet(depth, plain=plain)
+            print(f"{network_name(depth, plain)} (width 64): "
+                  f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    for stage_name, f in ResNet18().features(torch.zeros(1, 3, 32, 32)).items():
+        print(f"{stage_name:8s} {tuple(f.shape)}")

@@ -1,17 +1,21 @@
-"""The study's Figures 1-5 and Table 1, from a checkpoint written by train.py.
+"""The study's Figures 1-5 and Table 1, from a checkpoint written by train.py; Figure 6
+compares runs. For a run of --width w (the paper's 64):
 
     fig1_learning_curve.png   train and test loss and accuracy against iterations
-    fig2_conv1_filters.png    the conv1 filters (64 RGB filters of 3 x 3)
-    fig3_conv1_maps.png       a test image and its conv1 feature maps (64 of 32 x 32)
-    fig4_conv5_maps.png       its conv5_x feature maps (512 of 4 x 4), blank ones counted
-    fig5_deconvnet.png        deconvnet projections (Zeiler & Fergus 2014) from conv1 and conv5_x
+    fig2_conv1_filters.png    the w conv1 filters (RGB, 3 x 3)
+    fig3_conv1_maps.png       a test image and its w conv1 feature maps (32 x 32)
+    fig4_conv5_maps.png       its 8w conv5_x feature maps (4 x 4), blank ones counted
+    fig5_deconvnet.png        deconvnet reconstructions (Zeiler & Fergus 2014): from all of
+                              conv1 and of conv5_x, as the study draws them, then channel by channel
+    fig6_compare.png          with --compare: the learning curves of several runs on shared axes
 
 Figures 3-5 need a test image: from --data, or else from the data folder the run was trained
 on; without either, only Figures 1-2 are drawn. `--top9 conv5_x:7` also draws the nine test
 images that most activate a channel beside their projections (Zeiler & Fergus, Fig. 2).
 
     python visualize.py --ckpt run.pt                    # writes figures/fig*.png
-    python visualize.py --ckpt run.pt --data ./data --image 7 --top9 conv5_x:7 --out figures
+    python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --out figures
+    python visualize.py --ckpt run.pt --compare plain.pt # adds fig6_compare.png
 """
 import argparse
 import math
@@ -25,24 +29,63 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import checkpoint  # noqa: E402
 import cifar  # noqa: E402
-import train  # noqa: E402
 from deconvnet import project  # noqa: E402
 from resnet18 import STAGES  # noqa: E402
 
-TOP_CHANNELS = 8  # channels per layer in Figure 5
+TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
+STAGE_WIDTH = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 8}  # x width
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="run.pt", help="checkpoint written by train.py (default run.pt)")
-    p.add_argument("--data", help="CIFAR-10 folder with the test images of Figures 3-5 (default: the run's --data)")
-    p.add_argument("--image", type=int, default=0, help="index of the test image in Figures 3-5 (default 0)")
+    p.add_argument("--data", help="CIFAR-10 folder with the test images of Figures 3-5 "
+                                   "(default: the run's --data)")
+    p.add_argument("--image", default="0",
+                   help="the test image of Figures 3-5: its index, or a class name for the "
+                        "first test image of that class, e.g. ship (default 0)")
     p.add_argument("--out", default="figures", help="folder for the PNG files (default figures)")
     p.add_argument("--top9", metavar="LAYER:CHANNEL",
-                   help="also draw the 9 test images that most activate this channel, e.g. conv5_x:7")
-    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when available)")
-    return p.parse_args(argv)
+                   help="also draw the 9 test images that most activate this channel, e.g. "
+                        "conv5_x:7 (conv1 and conv2_x have w channels, conv3_x 2w, conv4_x 4w, "
+                        "conv5_x 8w, for --width w)")
+    p.add_argument("--compare", nargs="+", metavar="CKPT", default=[],
+                   help="other checkpoints, drawn with --ckpt in fig6_compare.png")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda or cuda:N (default auto: CUDA when available)")
+    args = p.parse_args(argv)
+    if not args.image.isdigit() and args.image not in cifar.CLASSES:
+        p.error(f"--image {args.image}: give an index or a class name "
+                f"({', '.join(cifar.CLASSES)})")
+    return args
+
+
+def parse_top9(spec, width):
+    """'conv5_x:7' -> ('conv5_x', 7), checked against the run's channels."""
+    layer, _, channel = spec.partition(":")
+    if layer not in STAGES or not channel.isdigit():
+        raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of "
+                         f"{', '.join(STAGES)}")
+    channels = STAGE_WIDTH[layer] * width
+    if int(channel) >= channels:
+        raise ValueError(f"--top9 {spec}: {layer} has {channels} channels, no channel {channel}")
+    return layer, int(channel)
+
+
+def pick_image(spec, labels, data):
+    """--image as an index into the test set, or the first test image of a class."""
+    if spec.isdigit():
+        if int(spec) >= len(labels):
+            raise ValueError(f"--image {spec}: the test set in {data} has images 0 to "
+                             f"{len(labels) - 1}")
+        return int(spec)
+    hits = np.flatnonzero(labels == cifar.CLASSES.index(spec))
+    if not hits.size:
+        raise ValueError(f"--image {spec}: the test set in {data} has no {spec}")
+    return int(hits[0])
 
 
 def grid(tiles, cols, pad=1):
@@ -52,12 +95,14 @@ def grid(tiles, cols, pad=1):
     out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad) + tiles.shape[3:], np.nan)
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = t
+        out[pad + r * (h + pad):pad + r * (h + pad) + h,
+            pad + c * (w + pad):pad + c * (w + pad) + w] = t
     return out
 
 
 def filter_grid(weight):
-    """conv1 weights (C, 3, k, k) -> RGB grid, each filter scaled alone and symmetrically: 0 is mid-grey."""
+    """conv1 weights (C, 3, k, k) -> RGB grid, each filter scaled alone and symmetrically:
+    0 is mid-grey."""
     w = weight.detach().float().cpu().numpy().transpose(0, 2, 3, 1)  # (C, 3, k, k) -> (C, k, k, 3)
     scale = np.abs(w).reshape(len(w), -1).max(1).clip(min=1e-12)  # (C,)
     w = 0.5 + w / (2 * scale[:, None, None, None])  # [-max, max] -> [0, 1]
@@ -71,7 +116,8 @@ def show(images):
 
 
 def contrast(r):
-    """Projections (B, 3, H, W) -> (B, H, W, 3) in [0, 1], each scaled to its own +-max (0 is grey)."""
+    """Projections (B, 3, H, W) -> (B, H, W, 3) in [0, 1], each scaled to its own +-max
+    (0 is grey)."""
     r = r.float().cpu()
     r = 0.5 + r / (2 * r.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12))
     return r.permute(0, 2, 3, 1).numpy()
@@ -83,44 +129,49 @@ def save(fig, path):
     print(f"wrote {path}")
 
 
-def fig1_learning_curve(history, args, path):
+def fig1_learning_curve(history, run, path):
     it = [h["iteration"] for h in history]
+    rows = [h for h in history if h["iteration"] % checkpoint.TABLE_EVERY == 0]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "acc", "Accuracy (%)")):
-        ax.plot(it, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train (no augmentation)")
+    for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"),
+                           (axes[1], "acc", "Accuracy (%)")):
+        ax.plot(it, [h[f"train_{key}"] for h in history], "o-", ms=3,
+                label="train (no augmentation)")
         ax.plot(it, [h[f"test_{key}"] for h in history], "o-", ms=3, label="test")
-        for d in args["lr_drops"]:
+        for d in run["lr_drops"]:
             ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
-        for row in range(train.TABLE_EVERY, max(it) + 1, train.TABLE_EVERY):
-            ax.axvline(row, color="grey", ls=":", lw=1)
+        if rows:
+            ax.plot([h["iteration"] for h in rows], [h[f"test_{key}"] for h in rows], "ks",
+                    mfc="none", ms=8, label="Table 1 rows (test)")
         ax.set(xlabel="iteration", title=title)
-    study = [(i, a) for i, a in train.STUDY_TEST_ACC.items() if i <= max(it)]
+    study = [(i, a) for i, a in checkpoint.STUDY_TEST_ACC.items() if i <= max(it)]
     if study:
         axes[1].plot(*zip(*study), "k*", ms=10, label="study, test (Table 1)")
     for ax in axes:
         ax.legend(fontsize=8)
-    rows = "; dotted: the Table 1 rows" if max(it) >= train.TABLE_EVERY else ""
-    fig.suptitle(f"ResNet-18 (width {args['width']}), batch {args['batch']}{rows}")
+    fig.suptitle(f"{checkpoint.describe(run)}, batch {run['batch']}")
     save(fig, path)
 
 
 def fig2_conv1_filters(model, path):
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(filter_grid(model.conv1[0].weight), interpolation="nearest")
-    ax.set(title=f"The {model.conv1[0].out_channels} conv1 filters (3 x 3 RGB; grey = 0, each scaled alone)")
+    ax.set(title=f"The {model.conv1[0].out_channels} conv1 filters "
+                 f"(3 x 3 RGB; grey = 0, each scaled alone)")
     ax.axis("off")
     save(fig, path)
 
 
 def fig3_conv1_maps(x, feats, label, path):
     maps = feats["conv1"][0].float().cpu().numpy()  # (C, 32, 32)
-    maps = maps / maps.reshape(len(maps), -1).max(1).clip(min=1e-12)[:, None, None]  # each map alone
+    maps = maps / maps.reshape(len(maps), -1).max(1).clip(min=1e-12)[:, None, None]  # each alone
     fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
     axes[0].imshow(show(x)[0], interpolation="nearest")
     axes[0].set(title=f"input: {label}")
     cmap = plt.get_cmap("gray").with_extremes(bad="white")
     axes[1].imshow(grid(maps, math.ceil(math.sqrt(len(maps)))), cmap=cmap, interpolation="nearest")
-    axes[1].set(title=f"its {len(maps)} conv1 feature maps, {maps.shape[1]} x {maps.shape[2]} (each scaled alone)")
+    axes[1].set(title=f"its {len(maps)} conv1 feature maps, {maps.shape[1]} x {maps.shape[2]} "
+                      f"(each scaled alone)")
     for ax in axes:
         ax.axis("off")
     save(fig, path)
@@ -133,26 +184,46 @@ def fig4_conv5_maps(feats, label, path):
     h = maps.shape[1]
     fig, ax = plt.subplots(figsize=(14, 8))
     cmap = plt.get_cmap("gray").with_extremes(bad="white")
-    ax.imshow(grid(maps / max(maps.max(), 1e-12), cols), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid(maps / max(maps.max(), 1e-12), cols), cmap=cmap, vmin=0, vmax=1,
+              interpolation="nearest")
     for i in np.flatnonzero(blank):
         r, c = divmod(i, cols)
-        ax.add_patch(plt.Rectangle((c * (h + 1) + 0.5, r * (h + 1) + 0.5), h, h, fill=False, ec="red", lw=0.8))
-    ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of {h} x {h}, one shared scale; "
-                 f"{blank.sum()} blank (all zero), outlined in red")
+        ax.add_patch(plt.Rectangle((c * (h + 1) + 0.5, r * (h + 1) + 0.5), h, h, fill=False,
+                                   ec="red", lw=0.8))
+    ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of {h} x {h}, one "
+                 f"shared scale; {blank.sum()} blank (all zero), outlined in red")
     ax.axis("off")
     save(fig, path)
     return int(blank.sum())
 
 
 def fig5_deconvnet(model, x, feats, path):
+    """Top: the study's Figure 5, the reconstructions from whole layers. Below: each of the
+    most active channels alone, from its strongest activation."""
+    layers = [(layer, guided) for guided in (False, True) for layer in ("conv1", "conv5_x")]
+    whole = [contrast(project(model, x, layer, guided=guided))[0] for layer, guided in layers]
     rows = []
     for layer, guided in (("conv1", False), ("conv5_x", False), ("conv5_x", True)):
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
         channels = strength.argsort(descending=True)[:TOP_CHANNELS].tolist()
-        recons = [contrast(project(model, x, layer, c, guided=guided))[0] for c in channels]
+        recons = [contrast(project(model, x, layer, c, keep="max", guided=guided))[0]
+                  for c in channels]
         rows.append((f"{layer}{', guided' if guided else ''}", channels, recons))
-    fig, axes = plt.subplots(len(rows), TOP_CHANNELS + 1, figsize=(2 * (TOP_CHANNELS + 1), 2.3 * len(rows)))
-    for (name, channels, recons), row in zip(rows, axes):
+
+    fig = plt.figure(figsize=(2 * (TOP_CHANNELS + 1), 2.3 * len(rows) + 3.6))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, 2.3 * len(rows)])
+    axes = top.subplots(1, 1 + len(layers))
+    axes[0].imshow(show(x)[0], interpolation="nearest")
+    axes[0].set_title("input")
+    for ax, (layer, guided), r in zip(axes[1:], layers, whole):
+        ax.imshow(r, interpolation="nearest")
+        ax.set_title(f"from all of {layer}{', guided' if guided else ''}")
+    for ax in axes:
+        ax.axis("off")
+    top.suptitle("Reconstructions from a whole layer (the study's Figure 5): every activation "
+                 "of the layer projected back to pixel space")
+    grid_axes = bottom.subplots(len(rows), TOP_CHANNELS + 1)
+    for (name, channels, recons), row in zip(rows, grid_axes):
         row[0].imshow(show(x)[0], interpolation="nearest")
         row[0].set_title("input")
         for ax, c, r in zip(row[1:], channels, recons):
@@ -160,28 +231,40 @@ def fig5_deconvnet(model, x, feats, path):
             ax.set_title(f"{name} ch {c}", fontsize=9)
         for ax in row:
             ax.axis("off")
-    fig.suptitle("Deconvnet projections to pixel space of each channel's strongest activation, most active channels "
-                 "first;\nlast row: guided backpropagation (contrast-enhanced: each panel scaled to its own range, grey = 0)")
+    bottom.suptitle("One channel at a time: each channel's strongest activation, most active "
+                    "channels first; last row guided.\nEvery panel is scaled to its own range "
+                    "(contrast-enhanced, grey = 0)")
     save(fig, path)
 
 
-def top9(model, test_x, spec, out):
-    layer, _, channel = spec.partition(":")
-    if layer not in STAGES or not channel.isdigit():
-        raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of {', '.join(STAGES)}")
-    channel = int(channel)
+def fig6_compare(runs, path):
+    """runs: [(label, history)]. Train dashed, test solid, one colour per run."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"),
+                           (axes[1], "acc", "Accuracy (%)")):
+        for (label, history), colour in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]
+                                            * len(runs)):
+            it = [h["iteration"] for h in history]
+            ax.plot(it, [h[f"train_{key}"] for h in history], "--", color=colour,
+                    label=f"{label}, train")
+            ax.plot(it, [h[f"test_{key}"] for h in history], "-", color=colour,
+                    label=f"{label}, test")
+        ax.set(xlabel="iteration", title=title)
+        ax.legend(fontsize=7)
+    fig.suptitle("Learning curves: train (no augmentation) dashed, test solid")
+    save(fig, path)
+
+
+def top9(model, test_x, layer, channel, out):
     p = next(model.parameters())
     strength = []  # per test image, the channel's strongest activation
     with torch.no_grad():
         for i in range(0, len(test_x), 500):
-            act = model.features(cifar.normalize(test_x[i:i + 500].to(p.device)))[layer]  # (B, C, h, w)
-            if channel >= act.shape[1]:
-                raise ValueError(f"--top9 {spec}: {layer} has {act.shape[1]} channels, no channel {channel}")
-            strength.append(act[:, channel].flatten(1).amax(1))  # (B,)
-    strength = torch.cat(strength)  # (N,)
-    idx = strength.argsort(descending=True)[:9]
+            act = model.features(cifar.normalize(test_x[i:i + 500].to(p.device)))[layer]
+            strength.append(act[:, channel].flatten(1).amax(1))  # (B, C, h, w) -> (B,)
+    idx = torch.cat(strength).argsort(descending=True)[:9]
     x = cifar.normalize(test_x[idx].to(p.device))  # (9, 3, 32, 32)
-    recons = contrast(project(model, x, layer, channel))
+    recons = contrast(project(model, x, layer, channel, keep="max"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     axes[0].imshow(np.nan_to_num(grid(recons, 3), nan=1.0), interpolation="nearest")
     axes[0].set_title("deconvnet projections (contrast-enhanced)")
@@ -195,41 +278,55 @@ def top9(model, test_x, spec, out):
 
 def main(argv=None):
     args = get_args(argv)
-    device = train.pick_device(args.device)
-    ckpt = train.load_checkpoint(args.ckpt)
-    run = ckpt["args"]
-    model = train.build_model(run["width"], ckpt["model"], device).eval()
+    device = checkpoint.pick_device(args.device)
+    ckpt, run = checkpoint.load_valid(args.ckpt)
+    others = [(path, *checkpoint.load_valid(path)) for path in args.compare]
+    spec = args.top9 and parse_top9(args.top9, run["width"])
+
+    # The test images, checked with --image before any figure is written.
+    data = args.data
+    if data is None:  # the run's own data folder, if it is still there
+        data = run["data"]
+        if not (cifar.find_folder(data) / cifar.TEST_FILES[0]).is_file():
+            data = None
+    if data is not None:
+        test_x, test_y = cifar.load_cifar10(data, train=False)
+        index = pick_image(args.image, test_y, data)
+
+    model = checkpoint.build_model(run, ckpt["model"], device).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
     history = ckpt["history"]
-    print(f"{args.ckpt}: ResNet18(width={run['width']}) at iteration {ckpt['iteration']:,}")
-    print(train.table(history) if history else "no evaluation in this checkpoint yet: no Table 1, no Figure 1")
+    print(f"{args.ckpt}: {checkpoint.describe(run)} at iteration {ckpt['iteration']:,}")
+    print(checkpoint.table(history) if history else
+          "no evaluation in this checkpoint yet: no Table 1, no Figure 1")
     if history:
         fig1_learning_curve(history, run, out / "fig1_learning_curve.png")
     fig2_conv1_filters(model, out / "fig2_conv1_filters.png")
-    data = args.data
-    if data is None:  # the run's own data folder, if it is still there
-        data = run.get("data")
-        if data is None or not (cifar.find_folder(data) / cifar.TEST_FILES[0]).is_file():
-            print(f"Figures 3-5 (feature maps, deconvnet) and --top9 need test images, and the run's data folder "
-                  f"({data}) has none: pass --data with the CIFAR-10 folder")
-            return 0
+    if args.compare:
+        seeds = {r["seed"] for _, _, r in others} | {run["seed"]}
+        label = (lambda r: f"{checkpoint.describe(r)}, seed {r['seed']}") if len(seeds) > 1 \
+            else checkpoint.describe
+        fig6_compare([(label(run), history)] + [(label(r), c["history"]) for _, c, r in others],
+                     out / "fig6_compare.png")
+    if data is None:
+        print(f"Figures 3-5 (feature maps, deconvnet) and --top9 need test images, and the "
+              f"run's data folder ({run['data']}) has none: pass --data with the CIFAR-10 folder")
+        return 0
+    if args.data is None:
         print(f"test images from {data}, the run's --data")
-    test_x, test_y = cifar.load_cifar10(data, train=False)
-    if not 0 <= args.image < len(test_y):
-        raise ValueError(f"--image {args.image}: the test set in {data} has images 0 to {len(test_y) - 1}")
     test_x = torch.as_tensor(test_x)
-    x = cifar.normalize(test_x[args.image:args.image + 1].to(device))  # (1, 3, 32, 32)
-    label = f"test image {args.image} ({cifar.CLASSES[test_y[args.image]]})"
+    x = cifar.normalize(test_x[index:index + 1].to(device))  # (1, 3, 32, 32)
+    label = f"test image {index} ({cifar.CLASSES[test_y[index]]})"
     with torch.no_grad():
         feats = model.features(x)
     fig3_conv1_maps(x, feats, label, out / "fig3_conv1_maps.png")
     blank = fig4_conv5_maps(feats, label, out / "fig4_conv5_maps.png")
-    print(f"conv5_x: {blank} of {feats['conv5_x'].shape[1]} feature maps of {label} are blank (all zero)")
+    print(f"conv5_x: {blank} of {feats['conv5_x'].shape[1]} feature maps of {label} are blank "
+          f"(all zero)")
     fig5_deconvnet(model, x, feats, out / "fig5_deconvnet.png")
-    if args.top9:
-        top9(model, test_x, args.top9, out)
+    if spec:
+        top9(model, test_x, *spec, out)
     return 0
 
 

@@ -15,7 +15,8 @@ import cifar  # noqa: E402
 
 def write_batch(path, images, labels):
     """The inverse of cifar.read_batch, written independently: label byte, then R, G, B planes."""
-    records = np.concatenate([np.asarray(labels, np.uint8)[:, None], np.asarray(images, np.uint8).reshape(len(labels), -1)], 1)
+    labels = np.asarray(labels, np.uint8)[:, None]  # (N, 1)
+    records = np.concatenate([labels, np.asarray(images, np.uint8).reshape(len(labels), -1)], 1)
     Path(path).write_bytes(records.tobytes())
 
 
@@ -33,21 +34,59 @@ def make_cifar(folder, per_batch=16, n_test=32, seed=0):
     return folder
 
 
+# The smallest run worth training: width 8 (narrower networks crash PyTorch's CPU 1x1 stride-2
+# convolution in channels_last on AVX2 machines, so train.py refuses them), 8 images a batch.
+TINY = ("--width", 8, "--batch", 8, "--no-download", "--device", "cpu")
+
+
 @pytest.fixture
 def tiny_data(tmp_path):
     return make_cifar(tmp_path / "data")
 
 
+@pytest.fixture
+def tiny():
+    """The flags of a tiny CPU run, for train.py."""
+    return TINY
+
+
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
 def run_cli(script, *args, cwd, timeout=120):
     """Run one of the project's scripts as a user would; returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start_cli(script, *args, cwd):
+    """Start one of the project's scripts in the background; returns the Popen."""
+    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_with_fault(fault, script, *args, cwd, popen=False):
+    """Run `script` as a user would, with one named fault of tests/inject.py injected."""
+    cmd = [sys.executable, str(REPO / "tests" / "inject.py"), fault, str(REPO / script),
+           *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def wait_for(proc, prefix):
+    """Read the process's stdout up to a line starting with `prefix`; return that line."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no line starting with {prefix!r}: {proc.stderr.read()}")
+
+
 def real_data_dir():
+    """CIFAR10_DIR as an absolute path (tests run scripts from other folders), or a skip."""
     folder = os.environ.get("CIFAR10_DIR")
     if not folder or not Path(folder).is_dir():
-        pytest.skip("set CIFAR10_DIR to a cifar-10-batches-bin folder to run the tests on real images "
-                    "(.ci/run sets it to ../shared/cifar10/cifar-10-batches-bin)")
-    return Path(folder)
+        pytest.skip("set CIFAR10_DIR to a cifar-10-batches-bin folder to run the tests on real "
+                    "images (.ci/run sets it to ../shared/cifar10/cifar-10-batches-bin)")
+    return Path(folder).resolve()
