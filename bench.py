@@ -2,8 +2,8 @@
 
 (a) textbook: a uint8 HWC array, per-image Python crop / flip / normalise, a stack, a copy to
     the device, an NCHW model and torch.optim.SGD (PyTorch's defaults);
-(b) this project: cifar.Loader (the split on the device, batched crop and flip) and
-    train.train_step (channels_last, the hand-written multi-tensor SGD update).
+(b) this project: cifar.Loader (the split on the device, batched crop and flip, channels_last)
+    and train.train_step (the hand-written multi-tensor SGD update).
 Rounds alternate (a) and (b) so that both see the same machine load; each prints images/s and
 the median ratio, the data pipeline's share of a step of (b), and the peak memory.
 
@@ -13,15 +13,15 @@ import argparse
 import resource
 import statistics
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import cifar
-import train
+from checkpoint import pick_device
 from resnet18 import ResNet18
+from train import train_step
 
 
 def textbook_batch(images_hwc, labels, batch, rng, device):
@@ -34,7 +34,8 @@ def textbook_batch(images_hwc, labels, batch, rng, device):
         if rng.random() < 0.5:
             img = img[:, ::-1]
         x = torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 255)  # (3, 32, 32)
-        xs.append((x - torch.tensor(cifar.MEAN).view(3, 1, 1)) / torch.tensor(cifar.STD).view(3, 1, 1))
+        mean, std = torch.tensor(cifar.MEAN).view(3, 1, 1), torch.tensor(cifar.STD).view(3, 1, 1)
+        xs.append((x - mean) / std)
         ys.append(int(labels[i]))
     return torch.stack(xs).to(device), torch.tensor(ys).to(device)
 
@@ -52,18 +53,21 @@ def timed(fn, steps, device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--width", type=int, default=64, help="model width (default 64, the study)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32, the study)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--steps", type=int, default=20, help="steps per round and path (default 20)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in the project's step")
-    p.add_argument("--compile", action="store_true", help="torch.compile the project's model")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the project's model (on CUDA: mode reduce-overhead, "
+                        "CUDA graphs)")
     args = p.parse_args()
-    device = train.pick_device(args.device)
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g)  # content does not matter
+    device = pick_device(args.device)
+    g = torch.Generator().manual_seed(0)  # the images' content does not matter
+    images = torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (10000,), generator=g)
 
     # (a) the textbook loop
@@ -82,18 +86,19 @@ def main():
     # (b) this project's step
     torch.manual_seed(0)
     model = ResNet18(width=args.width).to(device, memory_format=torch.channels_last)
-    step_model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None) if args.compile else model
+    step_model = model
+    if args.compile:
+        step_model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
     params = list(model.parameters())
     bufs = [torch.zeros_like(q) for q in params]
     loader = cifar.Loader(images, labels, args.batch, device)
-    hp = SimpleNamespace(amp=args.amp, momentum=0.9, wd=2e-4)
 
     def project_step():
         x, y = next(loader)
-        train.train_step(step_model, params, bufs, x.contiguous(memory_format=torch.channels_last), y, 0.01, hp)
+        train_step(step_model, params, bufs, x, y, 0.01, 0.9, 2e-4, args.amp)
 
     peak = {}
-    for name, fn in (("textbook", base_step), ("project", project_step)):  # warm-up, and peak memory
+    for name, fn in (("textbook", base_step), ("project", project_step)):  # warm-up; peak memory
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         timed(fn, 5, device)
@@ -104,8 +109,9 @@ def main():
         base_t.append(timed(base_step, args.steps, device) / args.steps)
         proj_t.append(timed(project_step, args.steps, device) / args.steps)
         data_t.append(timed(lambda: next(loader), args.steps, device) / args.steps)
-        print(f"round {r + 1}: textbook {args.batch / base_t[-1]:7.0f} img/s | project {args.batch / proj_t[-1]:7.0f} img/s"
-              f" | ratio {base_t[-1] / proj_t[-1]:.2f}", flush=True)
+        print(f"round {r + 1}: textbook {args.batch / base_t[-1]:7.0f} img/s | project "
+              f"{args.batch / proj_t[-1]:7.0f} img/s | ratio {base_t[-1] / proj_t[-1]:.2f}",
+              flush=True)
     b, q, d = (statistics.median(t) for t in (base_t, proj_t, data_t))
     print(f"\ndevice {device}, width {args.width}, batch {args.batch}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, amp {args.amp}, compile {args.compile}")
@@ -114,9 +120,11 @@ def main():
     print(f"speed-up: {b / q:.2f}x (median of {args.rounds} rounds of {args.steps} steps)")
     print(f"data pipeline: {1000 * d:.2f} ms per batch, {100 * d / q:.1f} % of a project step")
     if device.type == "cuda":
-        print(f"peak GPU memory: textbook {peak['textbook']:.0f} MiB, project {peak['project']:.0f} MiB")
+        print(f"peak GPU memory: textbook {peak['textbook']:.0f} MiB, "
+              f"project {peak['project']:.0f} MiB")
     else:
-        print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB resident (both paths, one process)")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak memory: {rss:.0f} MiB resident (both paths, one process)")
 
 
 if __name__ == "__main__":

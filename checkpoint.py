@@ -381,7 +381,8 @@ def validate(ckpt, path, resume=False):
     if not isinstance(loader, dict) or not {"generator", "order", "pos"} <= set(loader):
         raise _bad(path, "loader", "is not a dict with generator, order and pos")
     order, pos = loader["order"], loader["pos"]
-    if not isinstance(loader["generator"], torch.Tensor) or loader["generator"].dtype != torch.uint8:
+    generator = loader["generator"]
+    if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8:
         raise _bad(path, "loader.generator", "is not a generator state (a uint8 tensor)")
     if order is not None and not (isinstance(order, torch.Tensor) and order.dim() == 1
                                   and not order.is_floating_point()

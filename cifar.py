@@ -110,8 +110,11 @@ def _safe_extract(archive, dest):
         with tarfile.open(archive, "r:*") as tar:
             for m in tar.getmembers():
                 target = (dest / m.name).resolve()
-                if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or not target.is_relative_to(dest):
-                    raise ValueError(f"{archive}: refusing unsafe member {m.name!r} (links, absolute "
+                unsafe = not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() \
+                    or not target.is_relative_to(dest)
+                if unsafe:
+                    raise ValueError(f"{archive}: refusing unsafe member {m.name!r} (links, "
+                                     f"absolute "
                                      f"paths and paths outside the folder are not extracted)")
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 checks again, and drops modes
                 tar.extractall(dest, filter="data")
@@ -142,23 +145,27 @@ def download_cifar10(root, url=URL, md5=MD5):
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     done += len(chunk)
-                    print(f"\rdownloading {url}: {done >> 20} / {total >> 20} MiB", end="", file=sys.stderr)
+                    print(f"\rdownloading {url}: {done >> 20} / {total >> 20} MiB", end="",
+                          file=sys.stderr)
             print(file=sys.stderr)
         except OSError as e:  # URLError, timeouts, refused connections
             archive.unlink(missing_ok=True)
-            raise ConnectionError(f"could not download {url} ({getattr(e, 'reason', e)}); fetch it by "
-                                  f"hand and put it in {root}/ (the .tar.gz or the extracted {FOLDER} folder)") from None
+            raise ConnectionError(f"could not download {url} ({getattr(e, 'reason', e)}); "
+                                  f"fetch it by hand and put it in {root}/ (the .tar.gz or the "
+                                  f"extracted {FOLDER} folder)") from None
     try:
         digest = hashlib.md5(archive.read_bytes()).hexdigest()
         if digest != md5:
-            raise ValueError(f"{archive}: MD5 is {digest}, expected {md5} (corrupt or incomplete download); "
+            raise ValueError(f"{archive}: MD5 is {digest}, expected {md5} (corrupt or "
+                             f"incomplete download); "
                              + ("it was removed" if fetched else "delete it and try again"))
         tmp = root / (FOLDER + ".extracting")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             _safe_extract(archive, tmp)
             if not (tmp / FOLDER).is_dir():
-                raise ValueError(f"{archive}: has no {FOLDER} folder; is it the binary version of CIFAR-10?")
+                raise ValueError(f"{archive}: has no {FOLDER} folder; is it the binary "
+                                 f"version of CIFAR-10?")
             (tmp / FOLDER).replace(root / FOLDER)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -193,7 +200,8 @@ def augment(images, generator):
     """
     B, dev = images.shape[0], images.device
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))  # (B, 3, 40, 40), zeros around
-    dy, dx = torch.randint(0, 9, (2, B, 1), device=dev, generator=generator)  # (B, 1) offsets in 0..8
+    # (B, 1) offsets in 0..8
+    dy, dx = torch.randint(0, 9, (2, B, 1), device=dev, generator=generator)
     flip = torch.rand(B, 1, device=dev, generator=generator) < 0.5  # (B, 1)
     i = torch.arange(32, device=dev)  # (32,)
     rows = dy + i  # (B, 32)
@@ -215,7 +223,8 @@ class Loader:
 
     def __init__(self, images, labels, batch, device, seed=0, augment=True):
         if not 1 <= batch <= len(labels):
-            raise ValueError(f"batch size {batch} must be between 1 and the {len(labels)} images of the split")
+            raise ValueError(f"batch size {batch} must be between 1 and the {len(labels)} "
+                             f"images of the split")
         self.images = torch.as_tensor(images).to(device)  # (N, 3, 32, 32) uint8
         self.labels = torch.as_tensor(labels).to(device)  # (N,) int64
         self.batch, self.augment = batch, augment
@@ -228,7 +237,8 @@ class Loader:
 
     def __next__(self):
         if self.order is None or self.pos + self.batch > len(self.order):
-            self.order = torch.randperm(len(self.labels), device=self.images.device, generator=self.generator)
+            self.order = torch.randperm(len(self.labels), device=self.images.device,
+                                        generator=self.generator)
             self.pos = 0
         idx = self.order[self.pos:self.pos + self.batch]
         self.pos += self.batch
@@ -259,6 +269,7 @@ if __name__ == "__main__":
             download_cifar10(root)
         for train in (True, False):
             images, labels = load_cifar10(root, train)
-            print(f"{'train' if train else 'test'}: {len(labels)} images, per class {np.bincount(labels, minlength=10).tolist()}")
+            per_class = np.bincount(labels, minlength=10).tolist()
+            print(f"{'train' if train else 'test'}: {len(labels)} images, per class {per_class}")
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -1,4 +1,4 @@
-"""A deconvnet (Zeiler & Fergus 2014, arXiv:1311.2901, §2.1) for the ResNet-18 of resnet18.py.
+"""A deconvnet (Zeiler & Fergus 2014, arXiv:1311.2901, §2.1) for the networks of resnet18.py.
 
 To see what one activation responds to, keep it alone in its layer and map it back down to
 pixel space, undoing each layer in turn:
@@ -39,10 +39,12 @@ def _relu_down(r, mask, guided):
 
 
 def _conv_bn_down(r, conv, bn, in_size):
-    """Undo conv -> bn: scale by the BatchNorm, then transpose the convolution back to `in_size`."""
+    """Undo conv -> bn: scale by the BatchNorm, then transpose the convolution back to
+    `in_size`."""
     r = r * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(1, -1, 1, 1)
     (k, _), (s, _), (p, _) = conv.kernel_size, conv.stride, conv.padding
-    extra = in_size - ((r.shape[-1] - 1) * s - 2 * p + k)  # output padding, 1 for stride 2 on even sizes
+    # The output padding: 1 for stride 2 on even sizes.
+    extra = in_size - ((r.shape[-1] - 1) * s - 2 * p + k)
     # (B, C_out, h, w) -> (B, C_in, H, W)
     return F.conv_transpose2d(r, conv.weight, stride=s, padding=p, output_padding=extra)
 

@@ -94,7 +94,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def features(self, x):
-        """The post-ReLU output of every stage, by the paper's names: {"conv1": (B, w, 32, 32), ...}."""
+        """The post-ReLU output of every stage, by the paper's names:
+        {"conv1": (B, w, 32, 32), ..., "conv5_x": (B, 8w, 4, 4)}."""
         out = {}
         for name in STAGES:
             x = getattr(self, name)(x)

@@ -41,7 +41,8 @@ STAGE_WIDTH = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="run.pt", help="checkpoint written by train.py (default run.pt)")
+    p.add_argument("--ckpt", default="run.pt",
+                   help="checkpoint written by train.py (default run.pt)")
     p.add_argument("--data", help="CIFAR-10 folder with the test images of Figures 3-5 "
                                    "(default: the run's --data)")
     p.add_argument("--image", default="0",

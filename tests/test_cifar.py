@@ -15,9 +15,10 @@ def test_read_batch_layout(tmp_path):
     # Pixel value = 100 * plane + 3 * row + column % 3 + record: every plane, row and record differ.
     n = 3
     c, r, x = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
-    images = np.stack([100 * c + 3 * r // 2 + x % 3 + k for k in range(n)]).astype(np.uint8)  # (3, 3, 32, 32)
+    images = np.stack([100 * c + 3 * r // 2 + x % 3 + k for k in range(n)]).astype(np.uint8)
+    # images: (3, 3, 32, 32)
     labels = np.array([9, 0, 4])
-    record = bytes([9]) + bytes(images[0, 0].ravel()) + bytes(images[0, 1].ravel()) + bytes(images[0, 2].ravel())
+    record = bytes([9]) + b"".join(bytes(images[0, c].ravel()) for c in range(3))
     write_batch(tmp_path / "b.bin", images, labels)
     assert (tmp_path / "b.bin").read_bytes()[:3073] == record  # the writer is the official layout
     got_images, got_labels = cifar.read_batch(tmp_path / "b.bin")
@@ -75,11 +76,13 @@ def official_members(src):
 def test_download_right_md5_extracts_and_loads(tmp_path):
     archive = tmp_path / "srv" / "cifar-10-binary.tar.gz"
     archive.parent.mkdir()
-    md5 = make_archive(archive, official_members(make_cifar(tmp_path / "src", per_batch=3, n_test=4)))
+    src = make_cifar(tmp_path / "src", per_batch=3, n_test=4)
+    md5 = make_archive(archive, official_members(src))
     folder = cifar.download_cifar10(tmp_path / "data", url=archive.as_uri(), md5=md5)
     assert folder == tmp_path / "data" / cifar.FOLDER
     assert cifar.load_cifar10(tmp_path / "data")[0].shape == (15, 3, 32, 32)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [cifar.FOLDER]  # no .part, no temp folder
+    # No .part file, no temporary folder.
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [cifar.FOLDER]
 
 
 def test_download_wrong_md5_leaves_nothing(tmp_path):
@@ -122,7 +125,8 @@ def test_augment_is_a_crop_of_the_padded_image_or_its_mirror():
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
     flipped = 0
     for img, pad in zip(out, padded):
-        crops = [(f, pad[:, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9) for f in (0, 1)]
+        crops = [(f, pad[:, dy:dy + 32, dx:dx + 32])
+                 for dy in range(9) for dx in range(9) for f in (0, 1)]
         matches = [f for f, c in crops if torch.equal(img, c.flip(-1) if f else c)]
         assert matches, "not a crop of the padded image or of its mirror"
         flipped += matches[0]
@@ -130,7 +134,8 @@ def test_augment_is_a_crop_of_the_padded_image_or_its_mirror():
 
 
 def test_augment_flips_about_half_and_is_seeded():
-    images = torch.arange(32, dtype=torch.uint8).repeat(4000, 3, 32, 1)  # each row 0..31: a flip reverses it
+    # Each row is 0..31: a flip reverses it.
+    images = torch.arange(32, dtype=torch.uint8).repeat(4000, 3, 32, 1)
     out = cifar.augment(images, torch.Generator().manual_seed(1))
     centre = out[:, 0, 16, 8:24].long()  # the middle 16 columns are inside the image for every crop
     flipped = (centre[:, 1] < centre[:, 0]).float().mean().item()
@@ -141,14 +146,17 @@ def test_augment_flips_about_half_and_is_seeded():
 
 
 def test_normalize_uses_the_training_statistics():
-    x = torch.tensor(cifar.MEAN).view(1, 3, 1, 1).mul(255).round().to(torch.uint8).expand(1, 3, 2, 2)
+    x = torch.tensor(cifar.MEAN).view(1, 3, 1, 1).mul(255).round().to(torch.uint8)
+    x = x.expand(1, 3, 2, 2)
     assert cifar.normalize(x).abs().max() < 0.01
-    assert cifar.normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten().tolist() == pytest.approx(
+    white = torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)
+    assert cifar.normalize(white).flatten().tolist() == pytest.approx(
         [(1 - m) / s for m, s in zip(cifar.MEAN, cifar.STD)])
 
 
 def test_loader_epochs_are_permutations_and_state_resumes():
-    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 32, 32).contiguous()
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)
+    images = images.expand(40, 3, 32, 32).contiguous()
     labels = torch.arange(40)
     loader = cifar.Loader(images, labels, batch=8, device="cpu", seed=5, augment=False)
     epoch = torch.cat([next(loader)[1] for _ in range(5)])

@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from deconvnet import project
-from resnet18 import STAGES, ResNet18
+from resnet18 import STAGES, ResNet, ResNet18
 
 
 class DeconvReLU(torch.autograd.Function):
-    """relu going forward; going back, relu of the incoming signal (and, guided, the forward mask)."""
+    """relu going forward; going back, relu of the incoming signal (guided: and the forward
+    mask)."""
 
     @staticmethod
     def forward(ctx, x, guided):
@@ -25,11 +26,11 @@ class DeconvReLU(torch.autograd.Function):
         return (r * (x > 0) if ctx.guided else r), None
 
 
-@pytest.fixture(scope="module")
-def model():
+def trained_looking(model):
+    """float64, with non-trivial BatchNorm statistics and affine parameters."""
     torch.manual_seed(0)
-    model = ResNet18(width=4).double()
-    with torch.no_grad():  # non-trivial BN statistics and affine parameters
+    model = model.double()
+    with torch.no_grad():
         for _ in range(3):
             model(torch.randn(8, 3, 32, 32, dtype=torch.double) * 2 + 0.5)
         for m in model.modules():
@@ -37,6 +38,12 @@ def model():
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return trained_looking(ResNet18(width=4))
 
 
 def oracle(model, x, layer, channel, keep, guided):
@@ -47,14 +54,15 @@ def oracle(model, x, layer, channel, keep, guided):
     x = x.clone().requires_grad_(True)
     act = net.features(x)[layer]
     seed = torch.zeros_like(act)
-    a = act[:, channel].detach()  # (B, h, w)
-    if keep == "max":
-        top = a.flatten(1).argmax(1)
-        rows, cols = top // a.shape[-1], top % a.shape[-1]
-        b = torch.arange(len(a))
-        seed[b, channel, rows, cols] = a[b, rows, cols]
-    else:
-        seed[:, channel] = a
+    for c in range(act.shape[1]) if channel is None else [channel]:
+        a = act[:, c].detach()  # (B, h, w)
+        if keep == "max":
+            top = a.flatten(1).argmax(1)
+            rows, cols = top // a.shape[-1], top % a.shape[-1]
+            b = torch.arange(len(a))
+            seed[b, c, rows, cols] = a[b, rows, cols]
+        else:
+            seed[:, c] = a
     act.backward(seed)
     return x.grad
 
@@ -72,9 +80,23 @@ def test_project_equals_the_autograd_oracle(model, layer, keep, guided):
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-10
 
 
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("layer", STAGES)
+@pytest.mark.parametrize("depth,plain", [(18, False), (18, True), (34, False), (34, True)])
+def test_project_of_a_whole_layer_equals_the_autograd_oracle(depth, plain, layer, guided):
+    torch.manual_seed(depth + plain)
+    net = trained_looking(ResNet(depth, width=4, plain=plain))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.double)
+    got = project(net, x, layer, guided=guided)
+    want = oracle(net, x, layer, None, "map", guided)
+    assert want.abs().max() > 0
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-10
+
+
 def test_guided_differs_from_plain(model):
     x = torch.randn(1, 3, 32, 32, dtype=torch.double)
-    plain, guided = project(model, x, "conv3_x", 2, "map"), project(model, x, "conv3_x", 2, "map", guided=True)
+    plain = project(model, x, "conv3_x", 2, "map")
+    guided = project(model, x, "conv3_x", 2, "map", guided=True)
     assert not torch.allclose(plain, guided)
 
 

@@ -319,7 +319,7 @@ def test_an_unreadable_checkpoint_is_refused_with_a_true_reason(good_run, tmp_pa
 
 def nan_first(tensors):
     t = next(iter(tensors.values())) if isinstance(tensors, dict) else tensors[0]
-    t.view(-1)[0] = float("nan")
+    t[(0,) * t.dim()] = float("nan")
 
 
 MALFORMED = {  # field: [(what is wrong, how to make it so, a fragment of the error)]
@@ -339,7 +339,8 @@ MALFORMED = {  # field: [(what is wrong, how to make it so, a fragment of the er
     ],
     "history": [
         ("not a list", lambda c: c.update(history="rows"), "history is a str, not a list"),
-        ("a row without keys", lambda c: c["history"][0].pop("test_acc"), "history[0] is not a row"),
+        ("a row without keys", lambda c: c["history"][0].pop("test_acc"),
+         "history[0] is not a row"),
         ("a text value", lambda c: c["history"][0].update(lr="0.1"), "history[0].lr is '0.1'"),
         ("a NaN value", lambda c: c["history"][1].update(test_loss=float("nan")),
          "history[1].test_loss is nan"),
@@ -350,9 +351,11 @@ MALFORMED = {  # field: [(what is wrong, how to make it so, a fragment of the er
     ],
     "args": [
         ("not a dict", lambda c: c.update(args=[1]), "args is a list, not a dict"),
-        ("a text width", lambda c: c["args"].update(width="8"), "args.width is '8', not of type int"),
+        ("a text width", lambda c: c["args"].update(width="8"),
+         "args.width is '8', not of type int"),
         ("a huge width", lambda c: c["args"].update(width=3000), "--width 3000: ResNet-18 would"),
-        ("another width", lambda c: c["args"].update(width=16), "but ResNet-18, width 16 needs"),
+        ("another width", lambda c: c["args"].update(width=16),
+         "but ResNet-18, width 16 needs"),
         ("depth 50", lambda c: c["args"].update(depth=50), "a depth other than 18 or 34"),
         ("no lr_drops", lambda c: c["args"].pop("lr_drops"), "args lacks lr_drops"),
     ],

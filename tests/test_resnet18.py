@@ -1,14 +1,18 @@
-"""Shapes, parameter count, gradients and initialisation of resnet18.py."""
+"""Shapes, parameter counts, gradients and initialisation of resnet18.py's four networks."""
 import pytest
 import torch
 from torch import nn
 
-from resnet18 import STAGES, BasicBlock, ResNet18
+from resnet18 import STAGES, BasicBlock, ResNet18, ResNet34
+
+F = torch.nn.functional
 
 
+@pytest.mark.parametrize("net", [ResNet18, ResNet34])
+@pytest.mark.parametrize("plain", [False, True], ids=["residual", "plain"])
 @pytest.mark.parametrize("width", [64, 4])
-def test_stage_shapes_and_logits(width):
-    model = ResNet18(width=width)
+def test_stage_shapes_and_logits(net, plain, width):
+    model = net(width=width, plain=plain)
     x = torch.randn(2, 3, 32, 32)
     feats = model.features(x)
     expected = {"conv1": (width, 32), "conv2_x": (width, 32), "conv3_x": (2 * width, 16),
@@ -18,11 +22,14 @@ def test_stage_shapes_and_logits(width):
         assert feats[name].shape == (2, c, s, s), name
         assert (feats[name] >= 0).all(), f"{name} is post-ReLU"
     assert model(x).shape == (2, 10)
-    assert ResNet18(num_classes=7, width=width)(x).shape == (2, 7)
+    assert net(num_classes=7, width=width, plain=plain)(x).shape == (2, 7)
 
 
-def test_parameter_count_is_the_standard_cifar_resnet18():
-    assert sum(p.numel() for p in ResNet18().parameters()) == 11_173_962
+@pytest.mark.parametrize("net,plain,count", [
+    (ResNet18, False, 11_173_962), (ResNet18, True, 11_000_138),
+    (ResNet34, False, 21_282_122), (ResNet34, True, 21_108_298)])
+def test_parameter_counts_of_the_four_networks(net, plain, count):
+    assert sum(p.numel() for p in net(plain=plain).parameters()) == count
 
 
 def test_structure_follows_the_paper():
@@ -31,10 +38,34 @@ def test_structure_follows_the_paper():
     assert all(c.bias is None for c in convs)
     assert convs[0].kernel_size == (3, 3) and convs[0].stride == (1, 1)  # CIFAR stem, no max-pool
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
-    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 1 + 8 * 2  # every ReLU is a module
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 1 + 8 * 2  # each a module
     # 16 convolutions in the blocks + conv1 + fc = 18 weighted layers; 3 projection shortcuts.
     assert len([c for c in convs if c.kernel_size == (3, 3)]) == 17
     assert len([c for c in convs if c.kernel_size == (1, 1)]) == 3
+
+
+def test_resnet34_has_he_et_al_blocks_and_plain_has_no_shortcut():
+    model = ResNet34(width=8, plain=True)
+    assert [len(getattr(model, s)) for s in STAGES[1:]] == [3, 4, 6, 3]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 2 * 16 and all(c.kernel_size == (3, 3) for c in convs)  # 34 = 33 + fc
+    assert all(b.shortcut is None for s in STAGES[1:] for b in getattr(model, s))
+    assert [getattr(model, s)[0].conv1.stride for s in STAGES[2:]] == [(2, 2)] * 3
+
+
+def test_plain_block_matches_a_functional_oracle():
+    torch.manual_seed(0)
+    block = BasicBlock(4, 8, stride=2, plain=True).eval()
+    for m in (block.bn1, block.bn2):
+        m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+        m.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, 4, 8, 8)
+
+    def bn(t, m):
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+    first = F.relu(bn(F.conv2d(x, block.conv1.weight, stride=2, padding=1), block.bn1))
+    want = F.relu(bn(F.conv2d(first, block.conv2.weight, padding=1), block.bn2))
+    torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_basic_block_matches_a_functional_oracle():
@@ -42,9 +73,9 @@ def test_basic_block_matches_a_functional_oracle():
     block = BasicBlock(4, 8, stride=2).eval()
     for m in block.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
     x = torch.randn(2, 4, 8, 8)
-    F = torch.nn.functional
 
     def bn(t, m):
         return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
@@ -54,7 +85,8 @@ def test_basic_block_matches_a_functional_oracle():
     torch.testing.assert_close(block(x), F.relu(main + short), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("in_c,out_c,stride", [(4, 4, 1), (4, 6, 2)], ids=["identity", "projection"])
+@pytest.mark.parametrize("in_c,out_c,stride", [(4, 4, 1), (4, 6, 2)],
+                         ids=["identity", "projection"])
 def test_basic_block_gradcheck(in_c, out_c, stride):
     torch.manual_seed(0)
     block = BasicBlock(in_c, out_c, stride).double()
@@ -62,14 +94,17 @@ def test_basic_block_gradcheck(in_c, out_c, stride):
     x = torch.randn(2, in_c, 6, 6, dtype=torch.double, requires_grad=True)
     params = tuple(block.parameters())
 
+    names = [n for n, _ in block.named_parameters()]
+
     def f(x, *ps):
-        return torch.func.functional_call(block, dict(zip([n for n, _ in block.named_parameters()], ps)), (x,))
-    assert torch.autograd.gradcheck(f, (x, *[p.detach().requires_grad_() for p in params]), eps=1e-6, atol=1e-5)
+        return torch.func.functional_call(block, dict(zip(names, ps)), (x,))
+    inputs = (x, *[p.detach().requires_grad_() for p in params])
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
 
 
 def test_backward_reaches_every_parameter():
     model = ResNet18(width=4)
-    nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -83,4 +118,5 @@ def test_initialisation_is_stated_and_reproducible():
         assert torch.equal(p, q), name
     w = a.conv3_x[0].conv1.weight  # fan_in = 8 * 3 * 3
     assert abs(w.std().item() - (2 / 72) ** 0.5) < 0.1 * (2 / 72) ** 0.5
-    assert all((m.weight == 1).all() and (m.bias == 0).all() for m in a.modules() if isinstance(m, nn.BatchNorm2d))
+    bns = [m for m in a.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all((m.weight == 1).all() and (m.bias == 0).all() for m in bns)

@@ -1,21 +1,17 @@
 """train.py: the hand-written SGD, the schedule, the CLI, exact resume, and the fast paths."""
 import copy
 import signal
-import subprocess
-import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import cifar
 import train
-from conftest import REPO, real_data_dir, run_cli
+from conftest import real_data_dir, run_cli, start_cli, wait_for
 from resnet18 import ResNet18
-
-TINY = ("--width", 4, "--batch", 8, "--eval-every", 10, "--no-download", "--device", "cpu")
 
 
 def test_sgd_step_equals_torch_optim_sgd():
@@ -50,142 +46,189 @@ def test_lr_at_around_each_drop():
     assert train.lr_at(10**6, 0.5, ()) == 0.5
 
 
-def test_table_rows():
+def test_table_has_the_rows_every_10000_iterations_and_the_last():
     def history(*its):
         return [{"iteration": i, "train_acc": 90.0, "test_acc": 79.6} for i in its]
-    rows = train.table(history(5000, 10000, 15000, 20000, 25000)).splitlines()[2:]
+    rows = checkpoint.table(history(5000, 10000, 15000, 20000, 25000)).splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["10,000", "20,000", "25,000"]
     assert rows[0] == "| 10,000 | 10.00 | 90.00 | 20.40 | 79.60 | 79.60 |"
-    assert len(train.table(history(100, 200, 300)).splitlines()) == 5
+    assert len(checkpoint.table(history(100, 200, 300)).splitlines()) == 5
 
 
-def test_cli_writes_checkpoint_csv_and_table(tiny_data, tmp_path):
-    r = run_cli("train.py", "--data", tiny_data, "--iters", 20, "--lr-drops", 15, *TINY, cwd=tmp_path)
+def test_a_run_shorter_than_the_studys_drop_keeps_the_rate_and_says_so():
+    assert train.get_args(["--iters", "1000"]).lr_drops == []
+    assert train.get_args(["--iters", "32000"]).lr_drops == []
+    assert train.get_args(["--iters", "32001"]).lr_drops == [32000]
+    assert train.get_args(["--iters", "50000", "--lr-drops", "32000", "48000"]).lr_drops == \
+        [32000, 48000]
+    assert "learning rate 0.1 for the whole run (the study's first 1,000 iterations" in \
+        train.schedule(train.get_args(["--iters", "1000"]))
+
+
+def test_cli_writes_checkpoint_csv_and_table(tiny_data, tmp_path, tiny):
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 20, "--eval-every", 10,
+                "--lr-drops", 15, *tiny, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "| Iterations | Train error (%)" in r.stdout and "| 20 |" in r.stdout
     ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
-    assert ckpt["iteration"] == 20 and ckpt["args"]["width"] == 4 and ckpt["args"]["lr_drops"] == [15]
+    assert (ckpt["iteration"], ckpt["args"]["width"], ckpt["args"]["lr_drops"]) == (20, 8, [15])
     assert [h["iteration"] for h in ckpt["history"]] == [10, 20]
-    assert set(ckpt["history"][0]) >= {"iteration", "lr", "train_loss", "train_acc", "test_loss", "test_acc"}
+    assert set(ckpt["history"][0]) == set(checkpoint.HISTORY_KEYS)
     assert ckpt["history"][1]["lr"] == pytest.approx(0.01)
     assert (tmp_path / "run.csv").read_text().splitlines()[0].startswith("iteration,lr,train_loss")
     assert len((tmp_path / "run.csv").read_text().splitlines()) == 3
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.lock"))
 
 
 def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_resume_is_bit_exact(tiny_data, tmp_path):
-    args = ("--data", tiny_data, "--lr-drops", 12, *TINY)
-    assert run_cli("train.py", *args, "--iters", 30, "--ckpt", "straight.pt", cwd=tmp_path).returncode == 0
-    assert run_cli("train.py", *args, "--iters", 15, "--ckpt", "split.pt", cwd=tmp_path).returncode == 0
+def same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("network", [(), ("--depth", 34, "--plain")], ids=["ResNet-18", "plain-34"])
+def test_resume_is_bit_exact(tiny_data, tmp_path, tiny, network):
+    args = ("--data", tiny_data, "--lr-drops", 12, "--eval-every", 10, *tiny, *network)
+    r = run_cli("train.py", *args, "--iters", 30, "--ckpt", "straight.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train.py", *args, "--iters", 15, "--ckpt", "split.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
     r = run_cli("train.py", *args, "--iters", 30, "--ckpt", "split.pt", "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    a, b = weights(tmp_path / "straight.pt"), weights(tmp_path / "split.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the straight run"
-    torch.manual_seed(0)  # train.py's initial weights for --seed 0
-    initial = ResNet18(width=4).state_dict()
-    assert not torch.equal(a["fc.weight"], initial["fc.weight"]), "the run did not train"
+    assert same_weights(tmp_path / "straight.pt", tmp_path / "split.pt")
     hist = torch.load(tmp_path / "split.pt", weights_only=True)["history"]
     assert [h["iteration"] for h in hist] == [10, 15, 20, 30]
 
 
-def test_resume_may_change_only_the_schedule_still_ahead(tiny_data, tmp_path):
-    args = ("--data", tiny_data, *TINY)
-    assert run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "straight.pt", cwd=tmp_path).returncode == 0
-    assert run_cli("train.py", *args, "--iters", 15, "--lr-drops", "--ckpt", "ext.pt", cwd=tmp_path).returncode == 0
-    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 10, "--ckpt", "ext.pt", "--resume", cwd=tmp_path)
-    assert r.returncode != 0 and "a different schedule before iteration 15" in r.stderr
-    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "ext.pt", "--resume", cwd=tmp_path)
+def test_a_run_trains_its_initial_weights(tiny_data, tmp_path, tiny):
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 10, *tiny, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    a, b = weights(tmp_path / "straight.pt"), weights(tmp_path / "ext.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)  # train.py's initial weights for --seed 0
+    initial = ResNet18(width=8).state_dict()["fc.weight"]
+    assert not torch.equal(weights(tmp_path / "run.pt")["fc.weight"], initial)
 
 
-def test_sigint_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):
-    cmd = [sys.executable, str(REPO / "train.py"), "--data", str(tiny_data), "--iters", "100000",
-           "--lr-drops", "--eval-every", "0", "--width", "4", "--batch", "8", "--no-download", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # wait until training is under way
-        if line.startswith("it "):
-            break
+def test_resume_may_change_only_the_schedule_still_ahead(tiny_data, tmp_path, tiny):
+    args = ("--data", tiny_data, "--eval-every", 10, *tiny)
+    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "straight.pt",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train.py", *args, "--iters", 15, "--lr-drops", "--ckpt", "ext.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 10, "--ckpt", "ext.pt",
+                "--resume", cwd=tmp_path)
+    assert r.returncode != 0 and "a different schedule before iteration 15" in r.stderr
+    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "ext.pt",
+                "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert same_weights(tmp_path / "straight.pt", tmp_path / "ext.pt")
+
+
+def test_sigint_saves_a_checkpoint_that_resumes(tiny_data, tmp_path, tiny):
+    proc = start_cli("train.py", "--data", tiny_data, "--iters", 100000, "--eval-every", 0,
+                     *tiny, cwd=tmp_path)
+    wait_for(proc, "it ")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
-    assert "SIGINT: stopped at iteration" in out
-    ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
-    assert 100 <= ckpt["iteration"] < 100000
-    r = run_cli("train.py", *cmd[2:4], "--iters", ckpt["iteration"] + 5, *cmd[6:], "--resume", cwd=tmp_path)
+    assert "SIGINT: stopped at iteration" in err
+    stopped = torch.load(tmp_path / "run.pt", weights_only=True)["iteration"]
+    assert 100 <= stopped < 100000
+    r = run_cli("train.py", "--data", tiny_data, "--iters", stopped + 5, "--eval-every", 0,
+                *tiny, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert torch.load(tmp_path / "run.pt", weights_only=True)["iteration"] == ckpt["iteration"] + 5
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["iteration"] == stopped + 5
+
+
+def test_a_checkpoint_of_an_older_version_still_resumes(tiny_data, tmp_path, tiny):
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 10, *tiny, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
+    ckpt["data"] = ckpt.pop("data_fingerprint")  # as written before depth, plain and the rename
+    del ckpt["args"]["depth"], ckpt["args"]["plain"]
+    torch.save(ckpt, tmp_path / "run.pt")
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 20, *tiny, "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ResNet-18, width 8" in r.stdout and "iterations 10 -> 20" in r.stdout
 
 
 def test_real_data_short_run_beats_chance(tmp_path):
     folder = real_data_dir()
-    r = run_cli("train.py", "--data", folder, "--iters", 300, "--batch", 32, "--width", 8, "--lr-drops", 250,
-                "--eval-every", 0, "--no-download", "--device", "cpu", cwd=tmp_path, timeout=600)
+    r = run_cli("train.py", "--data", folder, "--iters", 300, "--batch", 32, "--width", 8,
+                "--lr-drops", 250, "--eval-every", 0, "--no-download", "--device", "cpu",
+                cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     acc = torch.load(tmp_path / "run.pt", weights_only=True)["history"][-1]["test_acc"]
     assert acc > 25, f"test accuracy {acc:.1f} % after 300 iterations (chance: 10 %)"
 
 
-# The fast paths against the plain path: the same few steps, the same losses within a tolerance.
+# The fast paths against the plain path: the same batches, the same losses within a tolerance.
 
-def run_steps(memory_format=torch.contiguous_format, amp=False, compiled=False, steps=4):
+def batches(n=4, device="cpu"):
+    """n batches of 16 from a seeded Loader over 64 random images (normalised, channels_last)."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (64,), generator=g)
+    loader = cifar.Loader(images, labels, 16, "cpu", seed=2)
+    return [tuple(t.to(device) for t in next(loader)) for _ in range(n)]
+
+
+def project_steps(data, dtype=torch.float32, amp=False, compiled=False, device="cpu"):
+    """Losses of train.py's step (channels_last, the hand-written SGD) on `data`."""
     torch.manual_seed(0)
-    model = ResNet18(width=4).to(memory_format=memory_format)
+    model = ResNet18(width=8).to(device, dtype, memory_format=torch.channels_last)
     params = list(model.parameters())
     bufs = [torch.zeros_like(p) for p in params]
     step_model = torch.compile(model) if compiled else model
-    g = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (64,), generator=g)
-    loader = cifar.Loader(images, labels, 16, "cpu", seed=2)
-    args = SimpleNamespace(amp=amp, momentum=0.9, wd=2e-4)
-    losses = []
-    for _ in range(steps):
-        x, y = next(loader)
-        losses.append(train.train_step(step_model, params, bufs, x.contiguous(memory_format=memory_format), y, 0.05, args).item())
-    return torch.tensor(losses)
+    return torch.stack([train.train_step(step_model, params, bufs, x.to(dtype), y, 0.05, 0.9,
+                                         2e-4, amp).cpu() for x, y in data])
 
 
-def plain_steps(steps=4):
-    """The textbook loop: NCHW, torch.optim.SGD, the same batches."""
+def textbook_steps(data, dtype=torch.float32, device="cpu"):
+    """Losses of the textbook loop (NCHW, torch.optim.SGD) on `data`."""
     torch.manual_seed(0)
-    model = ResNet18(width=4)
+    model = ResNet18(width=8).to(device, dtype)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=2e-4)
-    g = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (64,), generator=g)
-    loader = cifar.Loader(images, labels, 16, "cpu", seed=2)
     losses = []
-    for _ in range(steps):
-        x, y = next(loader)
-        loss = F.cross_entropy(model(x), y)
+    for x, y in data:
+        loss = F.cross_entropy(model(x.to(dtype).contiguous()), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    return torch.tensor(losses)
+        losses.append(loss.detach().cpu())
+    return torch.stack(losses)
 
 
-def test_default_path_matches_the_textbook_loop():
-    torch.testing.assert_close(run_steps(torch.channels_last), plain_steps(), rtol=1e-4, atol=1e-5)
+def test_the_step_equals_the_textbook_loop_in_float64():
+    data = batches()
+    torch.testing.assert_close(project_steps(data, torch.float64),
+                               textbook_steps(data, torch.float64), rtol=1e-10, atol=0)
+
+
+def test_the_step_stays_close_to_the_textbook_loop_in_float32():
+    # Layouts sum in different orders: float32 rounding, grown by 4 SGD steps, stays below 1e-2.
+    data = batches()
+    torch.testing.assert_close(project_steps(data), textbook_steps(data), rtol=1e-2, atol=0)
 
 
 def test_bf16_autocast_stays_close():
-    torch.testing.assert_close(run_steps(torch.channels_last, amp=True), plain_steps(), rtol=0.05, atol=0.05)
+    data = batches()
+    torch.testing.assert_close(project_steps(data, amp=True), textbook_steps(data), rtol=0.05,
+                               atol=0.05)
 
 
-def test_cli_accepts_the_fast_path_flags(tiny_data, tmp_path):
-    r = run_cli("train.py", "--data", tiny_data, "--iters", 10, "--lr-drops", "--amp", *TINY, cwd=tmp_path)
+def test_cli_accepts_the_fast_path_flags(tiny_data, tmp_path, tiny):
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 10, "--amp", *tiny, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert torch.load(tmp_path / "run.pt", weights_only=True)["args"]["amp"] is True
 
 
 def test_torch_compile_matches_eager():
+    data = batches()
     t = time.time()
-    torch.testing.assert_close(run_steps(torch.channels_last, compiled=True), plain_steps(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(project_steps(data, compiled=True), project_steps(data),
+                               rtol=1e-3, atol=1e-4)
     print(f"compiled in {time.time() - t:.0f} s")

@@ -1,10 +1,11 @@
-"""visualize.py: the five figures from a tiny checkpoint, and the filter grid's scale."""
+"""visualize.py: the figures from tiny checkpoints, and the filter grid's scale."""
 import numpy as np
 import pytest
 import torch
 
+import cifar
 import visualize
-from conftest import make_cifar, run_cli
+from conftest import TINY, make_cifar, run_cli
 
 FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png"]
@@ -14,15 +15,16 @@ FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps
 def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     data = make_cifar(folder / "data")
-    r = run_cli("train.py", "--data", data, "--iters", 20, "--width", 4, "--batch", 8, "--eval-every", 10,
-                "--lr-drops", 15, "--no-download", "--device", "cpu", cwd=folder)
-    assert r.returncode == 0, r.stderr
+    for net in ((), ("--depth", 34, "--plain", "--ckpt", "plain34.pt")):
+        r = run_cli("train.py", "--data", data, "--iters", 20, "--eval-every", 10,
+                    "--lr-drops", 15, *TINY, *net, cwd=folder)
+        assert r.returncode == 0, r.stderr
     return folder
 
 
 def test_cli_writes_all_five_figures(tiny_run, tmp_path):
-    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--data", tiny_run / "data", "--image", 3,
-                "--out", tmp_path / "figs", "--top9", "conv5_x:2", cwd=tmp_path)
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--data", tiny_run / "data",
+                "--image", 3, "--out", tmp_path / "figs", "--top9", "conv5_x:2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for name in FIGURES + ["top9_conv5_x_2.png"]:
         png = (tmp_path / "figs" / name).read_bytes()
@@ -30,15 +32,35 @@ def test_cli_writes_all_five_figures(tiny_run, tmp_path):
     assert "| Iterations |" in r.stdout and "feature maps of test image 3" in r.stdout
 
 
+def test_image_by_class_name_is_the_first_test_image_of_that_class(tiny_run, tmp_path):
+    first_ship = int(np.flatnonzero(cifar.load_cifar10(tiny_run / "data", train=False)[1] == 8)[0])
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "plain34.pt", "--image", "ship",
+                "--out", tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"feature maps of test image {first_ship} (ship)" in r.stdout
+
+
+def test_compare_draws_every_run_labelled_by_its_network(tiny_run, tmp_path):
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--compare", tiny_run / "plain34.pt",
+                "--out", tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fig6_compare.png").read_bytes().startswith(b"\x89PNG")
+    runs = [visualize.checkpoint.load_valid(tiny_run / n)[1] for n in ("run.pt", "plain34.pt")]
+    assert [visualize.checkpoint.describe(r) for r in runs] == ["ResNet-18, width 8",
+                                                                 "plain-34, width 8"]
+
+
 def test_cli_without_data_uses_the_runs_data_or_draws_what_it_can(tiny_run, tmp_path):
-    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--out", tmp_path / "a", cwd=tmp_path)
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--out", tmp_path / "a",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "the run's --data" in r.stdout
     assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == FIGURES
     ckpt = torch.load(tiny_run / "run.pt", weights_only=True)
     ckpt["args"]["data"] = str(tmp_path / "gone")
     torch.save(ckpt, tmp_path / "moved.pt")
-    r = run_cli("visualize.py", "--ckpt", tmp_path / "moved.pt", "--out", tmp_path / "b", cwd=tmp_path)
+    r = run_cli("visualize.py", "--ckpt", tmp_path / "moved.pt", "--out", tmp_path / "b",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "need test images" in r.stdout and "pass --data" in r.stdout
     assert sorted(p.name for p in (tmp_path / "b").glob("*.png")) == FIGURES[:2]
@@ -53,6 +75,8 @@ def test_filter_grid_maps_zero_to_mid_grey():
     f0 = img[1:4, 1:4]  # (3, 3, RGB)
     assert f0[0, 0, 0] == 1.0 and f0[1, 1, 1] == 0.25  # +max -> 1, -max / 2 -> 0.25
     assert (np.delete(f0.reshape(-1), [0, 4 * 3 + 1]) == 0.5).all()  # every zero weight is mid-grey
-    assert (img[1:4, 5:8] != 0.5).any() and (img[5:8, 1:4] == 0.5).all()  # an all-zero filter is all grey
+    # An all-zero filter is all grey.
+    assert (img[1:4, 5:8] != 0.5).any() and (img[5:8, 1:4] == 0.5).all()
     f1 = img[1:4, 5:8]
-    assert f1.min() >= 0 and f1.max() <= 1 and (f1.min() == 0 or f1.max() == 1)  # symmetric, to its own max
+    # Symmetric, to its own max.
+    assert f1.min() >= 0 and f1.max() <= 1 and (f1.min() == 0 or f1.max() == 1)

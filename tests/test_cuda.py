@@ -1,0 +1,91 @@
+"""The GPU path: the same computations on CUDA as on the CPU. Every test skips without CUDA."""
+import pytest
+import torch
+
+import cifar
+import train
+from conftest import run_cli
+from test_train import batches, project_steps, textbook_steps
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs CUDA: this machine has no GPU (gpu_check.sh runs "
+                                       "these on a lent one)")
+CUDA = ("--width", 8, "--batch", 8, "--no-download", "--device", "cuda")  # conftest's TINY, on CUDA
+
+
+def is_crop_or_mirror(out, image):
+    """Whether `out` (3, 32, 32) is a 32 x 32 crop of the zero-padded `image`, or its mirror."""
+    pad = torch.nn.functional.pad(image, (4, 4, 4, 4))
+    return any(torch.equal(out, c.flip(-1) if f else c) for dy in range(9) for dx in range(9)
+               for c in [pad[:, dy:dy + 32, dx:dx + 32]] for f in (0, 1))
+
+
+def test_the_loader_on_cuda_keeps_the_loaders_invariants():
+    # CUDA's generator draws other numbers than the CPU's for the same seed, so the batches
+    # differ; what must hold is what the CPU tests check: each image once per epoch, each batch
+    # a crop or mirror of its images, and the same batches again for the same seed.
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(64)
+    loader = cifar.Loader(images, labels, 16, "cuda", seed=3, augment=False)
+    seen = torch.cat([next(loader)[1] for _ in range(4)])
+    assert sorted(seen.tolist()) == list(range(64))
+    out = cifar.augment(images[:4].cuda(), torch.Generator("cuda").manual_seed(1)).cpu()
+    assert all(is_crop_or_mirror(o, i) for o, i in zip(out, images[:4]))
+    again = cifar.augment(images[:4].cuda(), torch.Generator("cuda").manual_seed(1)).cpu()
+    assert torch.equal(out, again)
+
+
+def test_steps_on_cuda_equal_the_cpu_path_in_float64():
+    data = batches()
+    cpu = project_steps(data, torch.float64)
+    gpu = project_steps(batches(device="cuda"), torch.float64, device="cuda")
+    torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=0)
+
+
+def test_steps_on_cuda_equal_the_textbook_loop_in_float32():
+    data = batches(device="cuda")
+    torch.testing.assert_close(project_steps(data, device="cuda"),
+                               textbook_steps(data, device="cuda"), rtol=1e-2, atol=0)
+
+
+def test_amp_on_cuda_stays_close_to_float32():
+    data = batches(device="cuda")
+    torch.testing.assert_close(project_steps(data, amp=True, device="cuda"),
+                               project_steps(data, device="cuda"), rtol=0.05, atol=0.05)
+
+
+def test_compile_on_cuda_matches_eager():
+    data = batches(device="cuda")
+    model_eager = project_steps(data, device="cuda")
+    torch.testing.assert_close(project_steps(data, compiled=True, device="cuda"), model_eager,
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_no_host_device_sync_inside_the_loop():
+    torch.manual_seed(0)
+    model = train.checkpoint.build_model({"width": 8, "depth": 18, "plain": False}, None, "cuda")
+    params = list(model.parameters())
+    bufs = [torch.zeros_like(p) for p in params]
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    loader = cifar.Loader(images, torch.randint(0, 10, (64,)), 16, "cuda")
+    next(loader)  # the first permutation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(6):  # crosses an epoch boundary
+            x, y = next(loader)
+            train.train_step(model, params, bufs, x, y, 0.1, 0.9, 2e-4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_resume_is_bit_exact_on_cuda(tiny_data, tmp_path):
+    args = ("--data", tiny_data, "--lr-drops", 12, "--eval-every", 10, *CUDA)
+    for ckpt, iters, resume in (("straight.pt", 30, []), ("split.pt", 15, []),
+                                ("split.pt", 30, ["--resume"])):
+        r = run_cli("train.py", *args, "--iters", iters, "--ckpt", ckpt, *resume, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    a, b = (torch.load(tmp_path / n, weights_only=True)["model"] for n in ("straight.pt",
+                                                                          "split.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed CUDA run differs"
