@@ -75,48 +75,51 @@ def finite(text):
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iters", type=positive, default=50000,
+    study = p.add_argument_group("the study's SGD and schedule (its §2)")
+    study.add_argument("--iters", type=positive, default=50000,
                    help="SGD iterations in all (default 50000, the study)")
-    p.add_argument("--batch", type=positive, default=32,
+    study.add_argument("--batch", type=positive, default=32,
                    help="images per iteration (default 32, the study)")
-    p.add_argument("--lr", type=finite, default=0.1,
+    study.add_argument("--lr", type=finite, default=0.1,
                    help="initial learning rate (default 0.1, the study)")
-    p.add_argument("--momentum", type=finite, default=0.9,
+    study.add_argument("--momentum", type=finite, default=0.9,
                    help="SGD momentum (default 0.9, the study)")
-    p.add_argument("--wd", type=finite, default=0.0002,
+    study.add_argument("--wd", type=finite, default=0.0002,
                    help="weight decay, on every parameter (default 0.0002, the study)")
-    p.add_argument("--lr-drops", type=positive, nargs="*", metavar="IT",
+    study.add_argument("--lr-drops", type=positive, nargs="*", metavar="IT",
                    help="iterations at which the learning rate is divided by 10 (default: the "
                         "study's 32000 when the run is longer, else none; He et al. use 32000 "
                         "48000; the flag with no value: a constant rate)")
-    p.add_argument("--eval-every", type=int, default=1000,
-                   help="iterations between evaluations and checkpoints; 0: only at the end "
-                        "(default 1000)")
-    p.add_argument("--data", default="./data",
-                   help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
-    p.add_argument("--no-download", action="store_true",
-                   help="fail instead of downloading missing data")
-    p.add_argument("--ckpt", default="run.pt",
-                   help="checkpoint to write; the history goes beside it as .csv "
-                        "(default run.pt)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --ckpt up to --iters")
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda or cuda:N (default auto: CUDA when available)")
-    p.add_argument("--seed", type=seed, default=0,
-                   help="seed of the weights and of the batches (default 0)")
-    p.add_argument("--depth", type=int, choices=sorted(BLOCKS), default=18,
+    net = p.add_argument_group("the network (He et al. Table 1)")
+    net.add_argument("--depth", type=int, choices=sorted(BLOCKS), default=18,
                    help="18 or 34 layers, He et al. Table 1 (default 18, the study)")
-    p.add_argument("--plain", action="store_true",
+    net.add_argument("--plain", action="store_true",
                    help="drop every shortcut: He et al.'s plain network, the control "
                         "(default off)")
-    p.add_argument("--width", type=width, default=64,
+    net.add_argument("--width", type=width, default=64,
                    help="channels of conv1; every stage scales with it (default 64, the paper; "
                         "at least 8)")
-    p.add_argument("--amp", action="store_true",
+    run = p.add_argument_group("the run")
+    run.add_argument("--data", default="./data",
+                   help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
+    run.add_argument("--no-download", action="store_true",
+                   help="fail instead of downloading missing data")
+    run.add_argument("--seed", type=seed, default=0,
+                   help="seed of the weights and of the batches (default 0)")
+    run.add_argument("--eval-every", type=int, default=1000,
+                   help="iterations between evaluations and checkpoints; 0: only at the end "
+                        "(default 1000)")
+    run.add_argument("--ckpt", default="run.pt",
+                   help="checkpoint to write; the history goes beside it as .csv "
+                        "(default run.pt)")
+    run.add_argument("--resume", action="store_true",
+                   help="continue the run in --ckpt up to --iters")
+    run.add_argument("--device", default="auto",
+                   help="cpu, cuda or cuda:N (default auto: CUDA when available)")
+    run.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast (default off: float32). Faster on GPUs and on CPUs "
                         "with AMX units (grep amx_bf16 /proc/cpuinfo); slower on other CPUs")
-    p.add_argument("--compile", action="store_true",
+    run.add_argument("--compile", action="store_true",
                    help="torch.compile the model; on CUDA with CUDA graphs (mode "
                         "reduce-overhead), never yet run on a GPU. Off by default")
     args = p.parse_args(argv)

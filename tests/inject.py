@@ -20,32 +20,32 @@ import torch.nn.functional as F  # noqa: E402
 import cifar  # noqa: E402
 
 
-def disk_full_at_second_save():
-    """The second torch.save writes a few bytes, then fails as a full disk does."""
+def fail_save(at, fault):
+    """torch.save runs as usual until its `at`-th call, which runs fault(file) instead."""
     real, calls = torch.save, []
 
     def save(obj, f):
         calls.append(1)
-        if len(calls) < 2:
-            return real(obj, f)
-        f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f) if len(calls) < at else fault(f)
     torch.save = save
 
 
-def hang_in_third_save():
-    """The third torch.save writes half a file, says SAVING, and waits to be killed."""
-    real, calls = torch.save, []
+def disk_full_at_second_save():
+    """The second save writes a few bytes, then fails as a full disk does."""
+    def full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    fail_save(2, full)
 
-    def save(obj, f):
-        calls.append(1)
-        if len(calls) < 3:
-            return real(obj, f)
+
+def hang_in_third_save():
+    """The third save writes half a file, says SAVING, and waits to be killed."""
+    def hang(f):
         f.write(b"PK\x03\x04 half a checkpoint")
         f.flush()
         print("SAVING", flush=True)
         time.sleep(60)
-    torch.save = save
+    fail_save(3, hang)
 
 
 def nan_at_step_7():
