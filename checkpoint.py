@@ -214,13 +214,11 @@ def save(path, ckpt):
     save_history_csv(Path(path).with_suffix(".csv"), ckpt["history"])
 
 
-def catch_stops():
-    """Ctrl-C, SIGTERM and SIGHUP only append to the returned list: the loop then saves and
-    stops between two iterations, so a stop never lands in the middle of a step or a save."""
-    stop = []
+def catch_stops(stop):
+    """From now on Ctrl-C, SIGTERM and SIGHUP only append to the list `stop`: the loop then
+    saves and stops between two iterations, never in the middle of a step or a save."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, frame: stop.append(signum))
-    return stop
 
 
 def say(line, stop):

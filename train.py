@@ -256,6 +256,9 @@ def main(argv=None):
 
 
 def train(args, device, ckpt_path):
+    stop = []  # why to stop early: a signal, or a closed stdout (checkpoint.catch_stops)
+    checkpoint.say(f"reading CIFAR-10 from {args.data}", stop)
+
     # Data: the splits as uint8 tensors on the device.
     train_x, train_y, test_x, test_y = cifar.load_or_download(args.data, not args.no_download)
     data_fingerprint = f"{len(train_y)} train / {len(test_y)} test images, sha256 " \
@@ -293,7 +296,7 @@ def train(args, device, ckpt_path):
             raise FloatingPointError(f"the {what} became {loss} by iteration {it}: training "
                                      f"diverged; {kept}")
 
-    stop = checkpoint.catch_stops()
+    checkpoint.catch_stops(stop)
     checkpoint.say(f"{checkpoint.describe(vars(args))}: {sum(p.numel() for p in params):,} "
                    f"parameters on {device}; data: {data_fingerprint}; iterations {start} -> "
                    f"{args.iters}; {schedule(args)}", stop)
