@@ -34,20 +34,15 @@ def make_cifar(folder, per_batch=16, n_test=32, seed=0):
     return folder
 
 
-# The smallest run worth training: width 8 (narrower networks crash PyTorch's CPU 1x1 stride-2
-# convolution in channels_last on AVX2 machines, so train.py refuses them), 8 images a batch.
+# The flags of every tiny CPU run of train.py in the tests: width 8, the narrowest train.py
+# accepts (narrower networks crash PyTorch's CPU 1x1 stride-2 convolution in channels_last on
+# AVX2 machines), 8 images a batch, no download.
 TINY = ("--width", 8, "--batch", 8, "--no-download", "--device", "cpu")
 
 
 @pytest.fixture
 def tiny_data(tmp_path):
     return make_cifar(tmp_path / "data")
-
-
-@pytest.fixture
-def tiny():
-    """The flags of a tiny CPU run, for train.py."""
-    return TINY
 
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
