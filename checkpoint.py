@@ -248,8 +248,10 @@ def load(path):
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a checkpoint file")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a pipe or a device?), not a checkpoint")
     with open(path, "rb") as f:
         head = f.read(4)
     try:
@@ -257,11 +259,13 @@ def load(path):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = " ".join(str(e).split("\n")[0].split(". ")[:1]) or type(e).__name__
+        reason = str(e).split("\n")[0].split(". ")[0] or type(e).__name__  # its first sentence
         if head == ZIP_MAGIC and isinstance(e, pickle.UnpicklingError):
             raise ValueError(f"{path}: refused: it holds Python objects beyond tensors and plain "
                              f"data, and loading those could run code") from None
-        if head == ZIP_MAGIC or not head:
+        if not head:
+            raise ValueError(f"{path}: an empty file, not a checkpoint") from None
+        if head == ZIP_MAGIC:
             raise ValueError(f"{path}: the checkpoint is truncated or corrupt "
                              f"(torch could not read it: {reason})") from None
         if head[:1] == b"\x80" and _holds_objects(path.read_bytes()):

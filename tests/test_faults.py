@@ -296,7 +296,7 @@ def unreadable(kind, good, path, marker):
     ("truncated", "the checkpoint is truncated or corrupt"),
     ("a CSV", "not a checkpoint (train.py writes torch.save files"),
     ("a PNG", "not a checkpoint"),
-    ("empty", "truncated or corrupt"),
+    ("empty", "an empty file, not a checkpoint"),
     ("code (torch.save)", "holds Python objects beyond tensors and plain data, and loading those "
                           "could run code"),
     ("code (raw pickle)", "a Python pickle that builds objects, which loading could run as code")])
