@@ -290,13 +290,13 @@ def _is(value, kind):
 
 def _check_tensors(path, field, tensors, want, net):
     """Floating, finite tensors of the shapes `net` wants: `tensors` and `want` are dicts."""
-    if sorted(tensors) != sorted(want):
-        extra, missing = sorted(set(tensors) - set(want)), sorted(set(want) - set(tensors))
-        raise _bad(path, field, f"does not fit {net}: "
-                   + "; ".join(f"{what} {', '.join(map(str, keys[:3]))}"
-                               + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-                               for what, keys in (("missing", missing), ("unexpected", extra))
-                               if keys))
+    if set(tensors) != set(want):
+        extra = sorted(map(str, set(tensors) - set(want)))
+        missing = sorted(map(str, set(want) - set(tensors)))
+        parts = [f"{what} {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3
+                                                  else "")
+                 for what, keys in (("missing", missing), ("unexpected", extra)) if keys]
+        raise _bad(path, field, f"does not fit {net}: {'; '.join(parts)}")
     for k, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise _bad(path, f"{field}[{k}]", f"is a {type(t).__name__}, not a tensor")
