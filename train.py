@@ -2,7 +2,7 @@
 Perspective of Experimental Results and Analysis", §2), and print its Table 1.
 
     python train.py --iters 50000 --batch 32                  # the study's run: a GPU job
-    python train.py --iters 2000 --width 16 --lr-drops 1280 --eval-every 100   # CPU, minutes
+    python train.py --iters 2000 --width 16 --lr-drops 1280 --eval-every 200   # CPU, minutes
 
 The study: SGD with momentum 0.9 and weight decay 0.0002, batch 32, learning rate 0.1 divided
 by 10 at iteration 32,000, 50,000 iterations (He et al. 2016 §4.2 divide again at 48,000:

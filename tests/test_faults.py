@@ -16,6 +16,7 @@ import torch
 
 import checkpoint
 import cifar
+import train
 from conftest import TINY, make_cifar, run_cli, run_with_fault, start_cli, wait_for
 
 RUN = ("--iters", 400, "--eval-every", 20, "--lr-drops", 300, *TINY)  # long enough to kill
@@ -69,19 +70,27 @@ def corrupt(f, how):
 
 @pytest.mark.parametrize("how,message", [
     ("truncated", "not a whole number of 3073-byte records"),
-    ("extra bytes", "not a whole number"),
-    ("empty", "empty file"),
-    ("bad label", "record 2 has label 200"),
     ("a folder", "a folder, where a CIFAR-10 batch file should be"),
     ("a FIFO", "not a regular file"),
-    ("/dev/zero", "not a regular file"),
-    ("too large", "more than all of CIFAR-10")])
+    ("/dev/zero", "not a regular file")])
 def test_a_bad_batch_file_is_named(tiny_data, tmp_path, how, message):
     f = tiny_data / "data_batch_3.bin"
     corrupt(f, how)
     r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, cwd=tmp_path, timeout=60)
     assert_one_line_error(r, message, str(f))
     assert not (tmp_path / "run.pt").exists()
+
+
+@pytest.mark.parametrize("how,message", [
+    ("extra bytes", "not a whole number"),
+    ("empty", "empty file"),
+    ("bad label", "record 2 has label 200"),
+    ("too large", "more than all of CIFAR-10")])
+def test_a_bad_batch_file_is_refused_by_the_reader(tiny_data, how, message):
+    f = tiny_data / "data_batch_3.bin"
+    corrupt(f, how)
+    with pytest.raises(ValueError, match=message):
+        cifar.read_batch(f)
 
 
 @pytest.mark.parametrize("state", ["missing", "empty", "partial"])
@@ -167,12 +176,8 @@ def test_data_that_is_a_file_is_not_a_folder(tmp_path):
     (("--iters", 0), "--iters: must be a positive integer, got '0'"),
     (("--iters", -5), "--iters: must be a positive integer"),
     (("--batch", 0), "--batch: must be a positive integer"),
-    (("--batch", 81), "batch size 81 must be between 1 and the 80 images"),
     (("--iters", 100, "--lr-drops", 100), "--lr-drops 100 must all be below --iters 100"),
     (("--lr-drops", 2, 2), "--lr-drops 2 2: an iteration given twice"),
-    (("--device", "cuda"), "CUDA is not available"),
-    (("--device", "tpu"), "--device tpu: not a device"),
-    (("--device", "cpu:1"), "--device cpu:1: not a device"),
     (("--eval-every", -1), "--eval-every -1: must be 0 or more"),
     (("--lr", -1), "--lr -1.0: must be above 0"),
     (("--lr", "nan"), "--lr: must be a finite number, got 'nan'"),
@@ -182,8 +187,22 @@ def test_data_that_is_a_file_is_not_a_folder(tmp_path):
     (("--seed", 2**64), "--seed: must be an integer from 0 to 2**64 - 1"),
     (("--seed", -1), "--seed: must be an integer from 0"),
     (("--width", 4), "--width: must be an integer of at least 8, got '4'"),
-    (("--width", 100000), "--width 100000: ResNet-18 would have"),
     (("--depth", 50), "--depth: invalid choice: 50"),
+])
+def test_a_nonsense_flag_is_named_with_its_value_by_the_parser(capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        train.get_args(list(map(str, flags)))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("usage:")
+    assert message in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--batch", 81), "batch size 81 must be between 1 and the 80 images"),
+    (("--device", "cuda"), "CUDA is not available"),
+    (("--device", "tpu"), "--device tpu: not a device"),
+    (("--device", "cpu:1"), "--device cpu:1: not a device"),
+    (("--width", 100000), "--width 100000: ResNet-18 would have"),
 ])
 def test_a_nonsense_flag_is_named_with_its_value(tiny_data, tmp_path, flags, message):
     if flags[:2] == ("--device", "cuda") and torch.cuda.is_available():
@@ -392,6 +411,18 @@ def malformed(good, path, make):
 
 
 @pytest.mark.parametrize("field,make,message", cases(MALFORMED) + cases(MALFORMED_FOR_RESUME))
+def test_a_malformed_checkpoint_is_refused_by_validation(good_run, tmp_path, field, make, message):
+    malformed(good_run / "run.pt", tmp_path / "bad.pt", make)
+    with pytest.raises(ValueError) as refused:
+        checkpoint.load_valid(tmp_path / "bad.pt", resume=True)
+    assert str(refused.value).startswith(f"{tmp_path / 'bad.pt'}: not a valid checkpoint: ")
+    assert message in str(refused.value)
+
+
+# Through the scripts: one case of each field, the whole CLI path (exit, one line, files kept).
+@pytest.mark.parametrize("field,make,message",
+                         [cases(MALFORMED)[i] for i in (0, 5, 8, 14)]
+                         + [cases(MALFORMED_FOR_RESUME)[i] for i in (0, 3, 6)])
 def test_a_malformed_checkpoint_is_refused_by_resume(good_run, tmp_path, field, make, message):
     malformed(good_run / "run.pt", tmp_path / "bad.pt", make)
     before = files(tmp_path)
@@ -485,7 +516,7 @@ def assert_same_weights(a, b):
     assert all(torch.equal(x, y) for x, y in zip(wa["momentum"], wb["momentum"]))
 
 
-@pytest.mark.parametrize("trial", range(3))
+@pytest.mark.parametrize("trial", range(2))
 def test_sigkill_at_a_random_moment_loses_nothing(reference, tmp_path, trial):
     data = make_cifar(tmp_path / "data")
     proc = start_cli("train.py", "--data", data, *RUN, cwd=tmp_path)
