@@ -57,8 +57,8 @@ def test_amp_on_cuda_stays_close_to_float32():
 
 def test_compile_on_cuda_matches_eager():
     data = batches(device="cuda")
-    model_eager = project_steps(data, device="cuda")
-    torch.testing.assert_close(project_steps(data, compiled=True, device="cuda"), model_eager,
+    eager = project_steps(data, device="cuda")
+    torch.testing.assert_close(project_steps(data, compiled=True, device="cuda"), eager,
                                rtol=1e-3, atol=1e-4)
 
 
