@@ -1,75 +1,291 @@
-"""A run on disk: its checkpoint, its history, Table 1, and what keeps them safe.
+"""What keeps a run safe, behind one door: `Run`. train.py uses it in a few words:
 
-train.py writes one checkpoint per run (`run.pt`) and its history beside it (`run.csv`);
-visualize.py reads them. Everything between a run and the disk is here:
-- `RunLock`: one run per checkpoint (an exclusive `flock` on `run.pt.lock`, held all run);
-- `save_atomic`: each save goes to a fresh temporary file in the same folder, is flushed to
-  disk, then renamed over the old file in one step: a crash leaves the old file whole;
-- `load`: `torch.load(..., weights_only=True)`, so no code in a file can run, and one clear
-  line for a file that is truncated, is not a checkpoint, or holds Python objects;
-- `validate`: every field checked (type, range, shape, NaN) before anything uses it.
+    with checkpoint.Run(args, given) as run:   # the lock; a resume's checkpoint and settings
+        run.begin(first_line)                  # from here a stop waits for the end of a step
+        while it < iters and not run.stopped:
+            ...  run.say(line)  ...  run.save(state)
+        if run.stopped:                        # Ctrl-C, SIGTERM, SIGHUP, or stdout failed
+            return run.stop(state)             # saves, prints the command that continues
 
-A checkpoint is a dict of plain data and tensors:
-    model             the state_dict
-    iteration         iterations done
-    history           one row per evaluation, HISTORY_KEYS
-    args              train.py's flags (depth and plain were added later: absent means 18, False)
-    data_fingerprint  what data it was trained on (called "data" in older files)
-    momentum          the SGD momentum buffers, in the order of model.parameters()
-    loader            the batch order: generator state, permutation, position
+The guarantees:
+- one run per checkpoint: an exclusive lock on NAME.pt.lock, a file that only train.py writes;
+- no file of the user's is touched: --ckpt ends in .pt, a fresh run writes NAME.pt and
+  NAME.csv only where no file is, and a resume rewrites only the run's own files;
+- every save is atomic: a fresh temporary file beside the target, flushed to disk, then
+  renamed over it; a failed save removes its temporary file and leaves the old file whole;
+- a state that is not finite is never saved over a good one;
+- `load` reads with torch.load(weights_only=True), so no code in a file can run, and
+  `validate` checks every field before anything uses it.
+
+A checkpoint is a dict of plain data and tensors: model (the state_dict), iteration,
+history (one row per evaluation: HISTORY_KEYS), args (train.py's settings), data_fingerprint
+(train and test images) and test_fingerprint, and, to resume, momentum (the SGD buffers in the
+order of model.parameters()) and loader (the batch order).
 """
+import argparse
 import csv
 import fcntl
 import hashlib
 import io
 import math
-import numbers
 import os
-import pickle
-import pickletools
+import re
+import secrets
+import shlex
 import signal
-import tempfile
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-from resnet18 import BLOCKS, ResNet, network_name
+import study
+from resnet18 import BLOCKS, ResNet, describe, network_name
 
-STUDY_TEST_ACC = {10000: 79.60, 20000: 83.40, 30000: 87.83, 40000: 91.06, 50000: 93.56}  # %
-TABLE_EVERY = 10000  # iterations between the rows of Table 1
 HISTORY_KEYS = ("iteration", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                 "train_images")
-OLD_ARGS = {"depth": 18, "plain": False}  # what a checkpoint from before these flags means
-ARG_TYPES = {"iters": int, "batch": int, "width": int, "seed": int, "depth": int,
-             "lr": float, "momentum": float, "wd": float, "lr_drops": list, "amp": bool,
-             "plain": bool, "data": str}
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
+KEPT = ("depth", "plain", "width", "batch", "lr", "momentum", "wd", "seed", "amp")  # the past
+RESUMED = KEPT + ("iters", "lr_drops", "eval_every", "data")  # a resume's defaults
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
+LOCK_TAG = b"lock of train.py, process "
 
 
-def table(history):
-    """Table 1 of the study, in its layout: the rows at every 10,000th iteration and the last
-    one, or every evaluation of a run too short for two such rows."""
-    rows = [h for h in history if h["iteration"] % TABLE_EVERY == 0 or h is history[-1]]
-    if len(rows) < 2:
-        rows = history
-    lines = ["| Iterations | Train error (%) | Train accuracy (%) | Test error (%) "
-             "| Test accuracy (%) | Study test accuracy (%) |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for h in rows:
-        study = STUDY_TEST_ACC.get(h["iteration"])
-        lines.append(f"| {h['iteration']:,} | {100 - h['train_acc']:.2f} | {h['train_acc']:.2f} | "
-                     f"{100 - h['test_acc']:.2f} | {h['test_acc']:.2f} | "
-                     f"{'' if study is None else f'{study:.2f}'} |")
-    return "\n".join(lines)
+class Run:
+    """One training run on disk (args.ckpt): see the module's docstring."""
+
+    def __init__(self, args, given=()):
+        self.args, self.given = args, dict(given)
+        self.path = Path(args.ckpt)
+        self.csv = self.path.with_suffix(".csv")
+        self.lock = Path(f"{self.path}.lock")
+        self.last, self.saved_at, self.stopped, self.changes, self.handlers = None, None, None, "", {}
+
+    def __enter__(self):
+        self.check_place()
+        self.fd = take_lock(self.lock)
+        try:
+            if self.args.resume:
+                self.last, saved = load_valid(self.path, resume=True)
+                self.saved_at = self.last["iteration"]
+                self.args = self.continued(saved)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
+        self.lock.unlink(missing_ok=True)  # ours: it holds LOCK_TAG, and we hold its lock
+        os.close(self.fd)
+
+    def check_place(self):
+        """Refuse, before any work, a checkpoint that could not be saved or would overwrite."""
+        p, csv_, fresh = self.path, self.csv, not self.args.resume
+        if p.suffix != ".pt":
+            raise ValueError(f"--ckpt {p}: a checkpoint's name ends in .pt (the run writes its "
+                             f"history beside it as {p.stem}.csv)")
+        if p.is_dir() or csv_.is_dir():
+            raise ValueError(f"--ckpt {p}: {p if p.is_dir() else csv_} is a folder")
+        if not p.parent.is_dir():
+            raise ValueError(f"--ckpt {p}: the folder {p.parent} does not exist")
+        if fresh and p.exists():
+            saved = load_valid(p)[1]
+            differs = [f"{flag(k)} {saved[k]}" for k in KEPT if saved[k] != vars(self.args)[k]]
+            if differs:
+                raise ValueError(f"{p} exists and is another run (it was trained with "
+                                 f"{', '.join(differs)}): pick another --ckpt")
+            raise ValueError(f"{p} exists: continue it with `{self.command()}`, or pick "
+                             f"another --ckpt")
+        if fresh and csv_.exists():
+            raise ValueError(f"--ckpt {p}: {csv_} exists, and the run would write its history "
+                             f"there: move it, or pick another --ckpt")
+        if not fresh and not p.exists():
+            raise FileNotFoundError(f"{p}: no such checkpoint file to --resume")
+        if not fresh and csv_.exists() and not csv_.read_bytes().startswith(b"iteration,lr,"):
+            raise ValueError(f"{csv_} is not the history of {p}: move it, then resume")
+
+    def continued(self, saved):
+        """The resumed run's settings: each flag given, else the checkpoint's. A flag that
+        would change the iterations already run is refused; one that changes what is still
+        ahead is taken, and said in `self.changes`."""
+        done, given = self.last["iteration"], self.given
+        for k in KEPT:
+            if k in given and given[k] != saved[k]:
+                raise ValueError(f"{self.path} was trained with {flag(k)} {saved[k]}; "
+                                 f"{flag(k)} {given[k]} would change its {done:,} iterations "
+                                 f"run: leave it out to continue the run")
+        args = argparse.Namespace(**{**vars(self.args), **{k: saved[k] for k in RESUMED}, **given})
+        if "lr_drops" not in given:  # the study's first part goes on with the study's drop
+            studys = saved["lr_drops"] == study.drops(saved["iters"])
+            args.lr_drops = study.drops(args.iters) if studys else saved["lr_drops"]
+        if args.iters < done:
+            raise ValueError(f"{self.path} is at iteration {done:,}, past --iters {args.iters}")
+        check_drops(args.lr_drops, args.iters)
+        changed = sorted(set(saved["lr_drops"]) ^ set(args.lr_drops))
+        if changed and changed[0] < done:
+            raise ValueError(f"{self.path} was trained with --lr-drops "
+                             f"{' '.join(map(str, saved['lr_drops'])) or '(none)'}, a different "
+                             f"schedule before iteration {done:,}: leave --lr-drops out")
+        notes = []
+        if args.iters != saved["iters"]:
+            notes.append(f"{'extending' if args.iters > saved['iters'] else 'shortening'} to "
+                         f"{args.iters:,} iterations (it was set to {saved['iters']:,})")
+        if changed:
+            ahead = [f"{d:,}" for d in args.lr_drops if d >= done]
+            notes.append(f"the learning rate will drop at {', '.join(ahead)}" if ahead else
+                         "the learning rate will not drop again")
+        if args.eval_every != saved["eval_every"]:
+            notes.append(f"evaluating every {args.eval_every} iterations (was "
+                         f"{saved['eval_every']})")
+        self.changes = "; ".join(notes) or "the run's own settings"
+        return args
+
+    def check_data(self, fingerprint):
+        if self.last and self.last["data_fingerprint"] != fingerprint:
+            raise ValueError(f"{self.path} was trained on other data "
+                             f"({self.last['data_fingerprint']}) than --data {self.args.data} "
+                             f"({fingerprint})")
+
+    def begin(self, line):
+        """From here Ctrl-C, SIGTERM and SIGHUP set `stopped`, and the loop saves and stops
+        between two steps. A signal ignored at the start (SIGHUP under nohup) stays ignored."""
+        for sig in STOPS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self.handlers[sig] = signal.signal(sig, self.on_signal)
+        self.say(line)
+
+    def on_signal(self, signum, frame):
+        self.stopped = self.stopped or (signal.Signals(signum).name, 128 + signum)
+
+    def say(self, line):
+        """print; if stdout fails (a closed pipe, a full disk), stop as for a signal."""
+        try:
+            print(line, flush=True)
+        except OSError as e:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # later lines: nowhere
+            self.stopped = self.stopped or (("SIGPIPE", 128 + signal.SIGPIPE)
+                                            if isinstance(e, BrokenPipeError) else
+                                            (f"error: stdout failed ({e.strerror})", 1))
+
+    def save(self, state):
+        """The checkpoint, then its history as .csv beside it; never a state that is not
+        finite."""
+        tensors = [*state["model"].values(), *state.get("momentum", [])]
+        if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+            raise FloatingPointError(f"the weights became NaN or infinite by iteration "
+                                     f"{state['iteration']:,}: training diverged; {self.kept()}")
+        write_atomic(self.path, lambda f: torch.save(state, f))
+        write_atomic(self.csv, lambda f: f.write(history_csv(state["history"])))
+        self.saved_at = state["iteration"]
+
+    def kept(self):
+        return "no checkpoint was written" if self.saved_at is None else \
+            f"{self.path} still holds iteration {self.saved_at:,}"
+
+    def stop(self, state):
+        """After a stop: save (unless nothing is new), say how to continue; the exit status."""
+        it = state["iteration"]
+        if it != (self.saved_at or 0):
+            self.save(state)
+        done = f"{self.path} saved; continue with: {self.command()}" if self.saved_at is not None \
+            else "no checkpoint was written"
+        why, status = self.stopped
+        print(f"{why}: stopped at iteration {it:,}; {done}", file=sys.stderr, flush=True)
+        return status
+
+    def command(self):
+        script = sys.argv[0] if sys.argv[0].endswith("train.py") else "train.py"
+        return f"python {shlex.quote(script)} --resume --ckpt {shlex.quote(str(self.path))}"
 
 
-def describe(args):
-    """'ResNet-18, width 16' for the network a run's args describe."""
-    args = {**OLD_ARGS, **args}
-    return f"{network_name(args['depth'], args['plain'])}, width {args['width']}"
+def flag(key):
+    return "--" + key.replace("_", "-")
 
+
+def check_drops(drops, iters):
+    if len(set(drops)) < len(drops):
+        raise ValueError(f"--lr-drops {' '.join(map(str, drops))}: an iteration given twice")
+    if any(d >= iters for d in drops):
+        raise ValueError(f"--lr-drops {' '.join(map(str, drops))} must all be below --iters "
+                         f"{iters}; give drops inside the run, or --lr-drops with no value for "
+                         f"a constant rate")
+    if len(drops) > 30:
+        raise ValueError(f"--lr-drops: {len(drops)} drops would divide the rate by 10**"
+                         f"{len(drops)}; give at most 30")
+
+
+def take_lock(path):
+    """An exclusive flock on `path`, a file this function created or wrote before (LOCK_TAG);
+    its file descriptor. A run killed before its end leaves the file; the next run reuses it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    except FileExistsError:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as e:
+            raise OSError(f"{path}: cannot open the lock file ({e.strerror})") from None
+        if not os.read(fd, 64).startswith(LOCK_TAG):
+            os.close(fd)
+            raise ValueError(f"{path} exists and is not a lock of train.py; it was left alone: "
+                             f"pick another --ckpt")
+    except OSError as e:
+        raise OSError(f"--ckpt {str(path)[:-5]}: cannot write in {path.parent} "
+                      f"({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path, follow_symlinks=False).st_ino:
+            raise BlockingIOError  # its owner deleted it as we locked it
+    except (BlockingIOError, FileNotFoundError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        owner = os.read(fd, 64).removeprefix(LOCK_TAG).decode(errors="replace").strip()
+        os.close(fd)
+        raise OSError(f"{str(path)[:-5]} is in use by a running train.py (process "
+                      f"{owner or '?'}); wait for it to finish, or pick another --ckpt") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, LOCK_TAG + f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def write_atomic(path, write):
+    """write(file) into a fresh temporary file beside `path` (mode "x": never one planted
+    there; the umask's permissions), flush it to disk, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    created = False
+    try:
+        with open(tmp, "xb") as f:
+            created = True
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:  # OSError, or torch.save's RuntimeError on a full disk
+        if created:
+            tmp.unlink(missing_ok=True)
+        cause = next((c for c in (e, e.__cause__, e.__context__)
+                      if isinstance(c, OSError) and c.strerror), None)
+        reason = cause.strerror if cause else str(e).splitlines()[0]
+        raise OSError(f"could not write {path} ({reason}); the previous file, if any, is "
+                      f"intact") from None
+
+
+def history_csv(history):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_KEYS)
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue().encode()
+
+
+def fingerprint(*arrays):
+    """A short hash of the data, so that a resume or a figure can tell other images."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- Bad input: one line naming the flag or the file -----------------------------------------
 
 def pick_device(name):
     """torch.device for --device: auto (CUDA when available), cpu, cuda or cuda:N."""
@@ -83,14 +299,6 @@ def pick_device(name):
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPUs")
     return torch.device(name)
-
-
-def shapes(depth, width, plain):
-    """The state_dict shapes of a network, from a model on the meta device (no memory used)."""
-    with torch.device("meta"):
-        model = ResNet(depth, width=width, plain=plain)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, \
-        [tuple(p.shape) for p in model.parameters()]
 
 
 def check_fits_in_memory(depth, width, plain, device):
@@ -108,293 +316,167 @@ def check_fits_in_memory(depth, width, plain, device):
                          f"momentum alone, more than {where} {have / 2**30:.1f} GiB")
 
 
-def build_model(args, state=None, device="cpu"):
-    """The network a run's args describe, with the weights of a validated state_dict if given."""
-    args = {**OLD_ARGS, **args}
-    model = ResNet(args["depth"], width=args["width"], plain=args["plain"])
-    if state is not None:
-        model.load_state_dict(state)
-    return model.to(device, memory_format=torch.channels_last)
-
-
-def fingerprint(*arrays):
-    """A short hash of the data, so that --resume can tell a different data set."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
-
-# --- Writing -------------------------------------------------------------------------------
-
-class RunLock:
-    """One run per checkpoint: an exclusive lock on `<ckpt>.lock`, held until release().
-
-    The lock file holds the owner's process id, for the error a second run gets; release()
-    deletes it. A lock taken on a file that was deleted meanwhile counts as not taken, so two
-    runs never hold locks on two different files of the same name.
-    """
-
-    def __init__(self, ckpt):
-        self.path = Path(f"{ckpt}.lock")
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as e:
-            raise OSError(f"{self.path}: cannot create the lock file ({e.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(fd).st_ino != os.stat(self.path, follow_symlinks=False).st_ino:
-                raise BlockingIOError  # its owner deleted it as we locked it: try again later
-        except (BlockingIOError, FileNotFoundError):
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise OSError(f"{ckpt} is in use by a running train.py (process {owner}); "
-                          f"wait for it to finish, or pick another --ckpt") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self):
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)  # closing the file releases the lock
-
-
-def check_writable(ckpt):
-    """Refuse, before any training, a checkpoint that could not be saved at the end."""
-    ckpt = Path(ckpt)
-    folder = ckpt.parent
-    if ckpt.is_dir():
-        raise ValueError(f"--ckpt {ckpt} is a folder: give a file name, such as {ckpt / 'run.pt'}")
-    if ckpt.suffix == ".csv":
-        raise ValueError(f"--ckpt {ckpt}: the history is written beside the checkpoint as .csv, "
-                         f"so the checkpoint cannot be a .csv itself; use a .pt name")
-    if ckpt.with_suffix(".csv").is_dir():
-        raise ValueError(f"--ckpt {ckpt}: its history file {ckpt.with_suffix('.csv')} is a folder")
-    if not folder.is_dir():
-        raise ValueError(f"--ckpt {ckpt}: the folder {folder} does not exist")
+def cli(main, interrupted):
+    """Run a script's main as a command: an expected failure is one line on stderr."""
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{ckpt.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"--ckpt {ckpt}: cannot write in {folder} ({e.strerror})") from None
+        return main()
+    except KeyboardInterrupt:
+        return f"error: {interrupted}"
+    except (OSError, ValueError, FloatingPointError) as e:
+        return f"error: {e}"
 
 
-def save_atomic(path, write):
-    """write(file) into a fresh temporary file beside `path`, flush it to disk, then rename it
-    over `path` in one step. The temporary name is new (O_EXCL), so nothing planted there
-    (a symlink, another run's file) is ever written through."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise OSError(f"could not write {path} ({e.strerror or e}); "
-                      f"the previous file, if any, is intact") from None
-
-
-def save_history_csv(path, history):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=HISTORY_KEYS)
-    writer.writeheader()
-    writer.writerows(history)
-    save_atomic(path, lambda f: f.write(text.getvalue().encode()))
-
-
-def save(path, ckpt):
-    """The checkpoint, then its history as .csv beside it."""
-    save_atomic(path, lambda f: torch.save(ckpt, f))
-    save_history_csv(Path(path).with_suffix(".csv"), ckpt["history"])
-
-
-def catch_stops(stop):
-    """From now on Ctrl-C, SIGTERM and SIGHUP only append to the list `stop`: the loop then
-    saves and stops between two iterations, never in the middle of a step or a save."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda signum, frame: stop.append(signum))
-
-
-def say(line, stop):
-    """print; a closed stdout (`train.py | head`, a dead tee) asks the run to save and stop,
-    like a signal, and later lines go nowhere instead of killing the run."""
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        stop.append(signal.SIGPIPE)
-
-
-# --- Reading -------------------------------------------------------------------------------
-
-def _holds_objects(data):
-    """Whether a pickle builds Python objects (which unpickling would run), read without
-    unpickling it: its opcodes name a global, or call or build one."""
-    try:
-        return any(op.name in ("GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ",
-                               "NEWOBJ_EX", "BUILD") for op, _, _ in pickletools.genops(data))
-    except Exception:  # not a whole pickle
-        return False
-
+# --- Reading ---------------------------------------------------------------------------------
 
 def load(path):
     """torch.load with weights_only=True, and one true sentence when it cannot be read."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a checkpoint file")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if not path.is_file():
-        raise ValueError(f"{path}: not a regular file (a pipe or a device?), not a checkpoint")
-    with open(path, "rb") as f:
-        head = f.read(4)
+        raise ValueError(f"{path}: a folder, a pipe or a device, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: an empty file, not a checkpoint")
     try:
-        with warnings.catch_warnings():  # torch warns about unusual pickles; the errors say it all
+        with warnings.catch_warnings():  # torch warns about unusual pickles; the errors say it
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).split("\n")[0].split(". ")[0] or type(e).__name__  # its first sentence
-        if head == ZIP_MAGIC and isinstance(e, pickle.UnpicklingError):
-            raise ValueError(f"{path}: refused: it holds Python objects beyond tensors and plain "
-                             f"data, and loading those could run code") from None
-        if not head:
-            raise ValueError(f"{path}: an empty file, not a checkpoint") from None
-        if head == ZIP_MAGIC:
-            raise ValueError(f"{path}: the checkpoint is truncated or corrupt "
-                             f"(torch could not read it: {reason})") from None
-        if head[:1] == b"\x80" and _holds_objects(path.read_bytes()):
-            raise ValueError(f"{path}: refused: a Python pickle that builds objects, which "
-                             f"loading could run as code; not a checkpoint of train.py") from None
-        raise ValueError(f"{path}: not a checkpoint (train.py writes torch.save files, "
-                         f"and this is another kind of file)") from None
+        refused = re.search(r"unsupported GLOBAL (\S+)", str(e))
+        if refused:
+            raise ValueError(f"{path}: refused: it holds Python objects ({refused[1]}), and "
+                             f"loading them could run code") from None
+        if path.read_bytes()[:4] == b"PK\x03\x04":  # torch.save writes a zip archive
+            raise ValueError(f"{path}: the checkpoint is truncated or corrupt (torch could not "
+                             f"read it: {str(e).splitlines()[0][:80]})") from None
+        raise ValueError(f"{path}: not a checkpoint (train.py writes torch.save files, and this "
+                         f"is another kind of file)") from None
 
 
-def _bad(path, field, problem):
-    return ValueError(f"{path}: not a valid checkpoint: {field} {problem}")
+def _int(v, low=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
-def _is(value, kind):
-    if kind is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) \
-            and math.isfinite(value)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
+def _real(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_tensors(path, field, tensors, want, net):
-    """Floating, finite tensors of the shapes `net` wants: `tensors` and `want` are dicts."""
-    if set(tensors) != set(want):
-        extra = sorted(map(str, set(tensors) - set(want)))
-        missing = sorted(map(str, set(want) - set(tensors)))
-        parts = [f"{what} {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3
-                                                  else "")
-                 for what, keys in (("missing", missing), ("unexpected", extra)) if keys]
-        raise _bad(path, field, f"does not fit {net}: {'; '.join(parts)}")
-    for k, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise _bad(path, f"{field}[{k}]", f"is a {type(t).__name__}, not a tensor")
-        if tuple(t.shape) != want[k]:
-            raise _bad(path, f"{field}[{k}]", f"has shape {tuple(t.shape)}, but {net} "
-                       f"needs {want[k]}")
-        if str(k).endswith("num_batches_tracked"):
-            continue  # BatchNorm's step counter is an integer
-        if not t.is_floating_point():
-            raise _bad(path, f"{field}[{k}]", f"is {t.dtype}, not a floating-point tensor")
-        if not torch.isfinite(t).all():
-            raise _bad(path, f"{field}[{k}]", "holds NaN or infinity")
+ARGS = {  # train.py's settings in a checkpoint: the check, and what it asks for
+    "iters": (lambda v: _int(v, 1), "a positive integer"),
+    "batch": (lambda v: _int(v, 1), "a positive integer"),
+    "width": (lambda v: _int(v, 1), "a positive integer"),
+    "depth": (lambda v: v in BLOCKS, "a depth of 18 or 34"),
+    "plain": (lambda v: isinstance(v, bool), "True or False"),
+    "amp": (lambda v: isinstance(v, bool), "True or False"),
+    "lr": (_real, "a finite number"),
+    "momentum": (_real, "a finite number"),
+    "wd": (_real, "a finite number"),
+    "seed": (_int, "an integer from 0"),
+    "eval_every": (_int, "an integer from 0"),
+    "lr_drops": (lambda v: isinstance(v, list) and all(_int(d, 1) for d in v),
+                 "a list of positive integers"),
+    "data": (lambda v: isinstance(v, str), "a folder name"),
+}
+OLD_ARGS = {"depth": 18, "plain": False}  # what a checkpoint from before these flags means
 
 
 def validate(ckpt, path, resume=False):
-    """Check the whole structure of a loaded checkpoint; returns its args with the defaults
-    of older files filled in. Raises one ValueError naming the file and the field.
-    `resume=True` also checks what only a resumed run reads (momentum, loader, data)."""
-    if not isinstance(ckpt, dict):
-        raise _bad(path, "the file", f"holds a {type(ckpt).__name__}, not a dict")
-    if "data" in ckpt and "data_fingerprint" not in ckpt:  # the older name
-        ckpt["data_fingerprint"] = ckpt.pop("data")
-    keys = ("model", "iteration", "history", "args")
-    keys += ("momentum", "loader", "data_fingerprint") if resume else ()
-    missing = [k for k in keys if k not in ckpt]
-    if missing:
-        raise _bad(path, "the file", f"lacks {', '.join(missing)}")
+    """Check the whole structure of a loaded checkpoint; returns its args (with the defaults
+    of older files). Raises one ValueError naming the file and the field. `resume=True` also
+    checks what only a resumed run reads (momentum, loader, data_fingerprint)."""
+    def bad(field, problem):
+        return ValueError(f"{path}: not a valid checkpoint: {field} {problem}")
 
-    args = ckpt["args"]
-    if not isinstance(args, dict):
-        raise _bad(path, "args", f"is a {type(args).__name__}, not a dict")
-    args = {**OLD_ARGS, **args}
-    for k, kind in ARG_TYPES.items():
+    if not isinstance(ckpt, dict):
+        raise bad("the file", f"holds a {type(ckpt).__name__}, not a dict")
+    if "data" in ckpt:
+        ckpt["data_fingerprint"] = ckpt.pop("data")  # its older name
+    if resume and "momentum" not in ckpt and "loader" not in ckpt and "model" in ckpt:
+        raise ValueError(f"{path} holds the weights of a run, not the state to resume it (no "
+                         f"momentum, no batch order): it can be drawn, not resumed")
+    need = ("model", "iteration", "history", "args") + \
+        (("momentum", "loader", "data_fingerprint") if resume else ())
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise bad("the file", f"lacks {', '.join(missing)}")
+    if not isinstance(ckpt["args"], dict):
+        raise bad("args", f"is a {type(ckpt['args']).__name__}, not a dict")
+    args = {**OLD_ARGS, **ckpt["args"]}
+    for k, (ok, want) in ARGS.items():
         if k not in args:
-            raise _bad(path, "args", f"lacks {k}")
-        if not _is(args[k], kind):
-            raise _bad(path, f"args.{k}", f"is {args[k]!r}, not of type {kind.__name__}")
-    if args["depth"] not in BLOCKS or min(args["width"], args["batch"], args["iters"]) < 1:
-        raise _bad(path, "args", "has a depth other than 18 or 34, or a width, batch or iters "
-                   "below 1")
-    if not all(_is(d, int) and d > 0 for d in args["lr_drops"]):
-        raise _bad(path, "args.lr_drops", f"is {args['lr_drops']!r}, not positive integers")
+            raise bad("args", f"lacks {k}")
+        if not ok(args[k]):
+            raise bad(f"args.{k}", f"is {args[k]!r}, not {want}")
 
     it = ckpt["iteration"]
-    if not _is(it, int) or not 0 <= it <= args["iters"]:
-        raise _bad(path, "iteration", f"is {it!r}, not an integer from 0 to its --iters "
-                   f"{args['iters']}")
-
-    history = ckpt["history"]
-    if not isinstance(history, list):
-        raise _bad(path, "history", f"is a {type(history).__name__}, not a list")
+    if not _int(it) or it > args["iters"]:
+        raise bad("iteration", f"is {it!r}, not an integer from 0 to its --iters {args['iters']}")
+    if not isinstance(ckpt["history"], list):
+        raise bad("history", f"is a {type(ckpt['history']).__name__}, not a list")
     last = 0
-    for i, row in enumerate(history):
+    for i, row in enumerate(ckpt["history"]):
         if not isinstance(row, dict) or not set(HISTORY_KEYS[:-1]) <= set(row):
-            raise _bad(path, f"history[{i}]", f"is not a row with {', '.join(HISTORY_KEYS)}")
-        bad = [k for k, v in row.items() if not _is(v, float)]
-        if bad:
-            raise _bad(path, f"history[{i}].{bad[0]}", f"is {row[bad[0]]!r}, not a finite number")
-        if not _is(row["iteration"], int) or not last < row["iteration"] <= it:
-            raise _bad(path, f"history[{i}].iteration", f"is {row['iteration']!r}: iterations "
-                       f"must increase, up to the checkpoint's {it}")
+            raise bad(f"history[{i}]", f"is not a row with {', '.join(HISTORY_KEYS)}")
+        for k, v in row.items():
+            if not _real(v):
+                raise bad(f"history[{i}].{k}", f"is {v!r}, not a finite number")
+        if not _int(row["iteration"]) or not last < row["iteration"] <= it:
+            raise bad(f"history[{i}].iteration", f"is {row['iteration']!r}: iterations must "
+                      f"increase, up to the checkpoint's {it}")
         last = row["iteration"]
 
     try:
         check_fits_in_memory(args["depth"], args["width"], args["plain"], torch.device("cpu"))
     except ValueError as e:
-        raise _bad(path, "args.width", f"is too large: {e}") from None
-    want, param_shapes = shapes(args["depth"], args["width"], args["plain"])
+        raise bad("args.width", f"is too large: {e}") from None
+    with torch.device("meta"):  # the shapes the network needs, without memory
+        model = ResNet(args["depth"], width=args["width"], plain=args["plain"])
     net = describe(args)
-    if not isinstance(ckpt["model"], dict):
-        raise _bad(path, "model", f"is {type(ckpt['model']).__name__}, not a dict of tensors")
-    _check_tensors(path, "model", ckpt["model"], want, net)
+
+    def check_tensors(field, tensors, want):
+        """Floating, finite tensors of the shapes wanted: `tensors` and `want` are dicts."""
+        if not isinstance(tensors, dict):
+            raise bad(field, f"is {type(tensors).__name__}, not a dict of tensors")
+        if set(tensors) != set(want):
+            parts = [f"{what} {', '.join(sorted(map(str, keys))[:3])}"
+                     for what, keys in (("missing", set(want) - set(tensors)),
+                                        ("unexpected", set(tensors) - set(want))) if keys]
+            raise bad(field, f"does not fit {net}: {'; '.join(parts)}")
+        for k, t in tensors.items():
+            if not isinstance(t, torch.Tensor):
+                raise bad(f"{field}[{k}]", f"is a {type(t).__name__}, not a tensor")
+            if t.shape != want[k]:
+                raise bad(f"{field}[{k}]", f"has shape {tuple(t.shape)}, but {net} needs "
+                          f"{tuple(want[k])}")
+            if str(k).endswith("num_batches_tracked"):
+                continue  # BatchNorm's step counter is an integer
+            if not t.is_floating_point():
+                raise bad(f"{field}[{k}]", f"is {t.dtype}, not a floating-point tensor")
+            if not torch.isfinite(t).all():
+                raise bad(f"{field}[{k}]", "holds NaN or infinity")
+
+    check_tensors("model", ckpt["model"], {k: v.shape for k, v in model.state_dict().items()})
     if not resume:
         return args
-
-    momentum = ckpt["momentum"]
-    if not isinstance(momentum, list) or len(momentum) != len(param_shapes):
-        raise _bad(path, "momentum", f"is not a list of {len(param_shapes)} tensors, one per "
-                   f"parameter of {net}")
-    _check_tensors(path, "momentum", dict(enumerate(momentum)), dict(enumerate(param_shapes)),
-                   net)
-
+    shapes = [p.shape for p in model.parameters()]
+    if not isinstance(ckpt["momentum"], list) or len(ckpt["momentum"]) != len(shapes):
+        raise bad("momentum", f"is not a list of {len(shapes)} tensors, one per parameter of "
+                  f"{net}")
+    check_tensors("momentum", dict(enumerate(ckpt["momentum"])), dict(enumerate(shapes)))
     loader = ckpt["loader"]
     if not isinstance(loader, dict) or not {"generator", "order", "pos"} <= set(loader):
-        raise _bad(path, "loader", "is not a dict with generator, order and pos")
-    order, pos = loader["order"], loader["pos"]
-    generator = loader["generator"]
-    if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8:
-        raise _bad(path, "loader.generator", "is not a generator state (a uint8 tensor)")
+        raise bad("loader", "is not a dict with generator, order and pos")
+    gen, order, pos = loader["generator"], loader["order"], loader["pos"]
+    if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8:
+        raise bad("loader.generator", "is not a generator state (a uint8 tensor)")
     if order is not None and not (isinstance(order, torch.Tensor) and order.dim() == 1
                                   and not order.is_floating_point()
-                                  and torch.equal(order.sort().values,
-                                                  torch.arange(len(order), device=order.device))):
-        raise _bad(path, "loader.order", "is not a permutation of the training split")
-    if not _is(pos, int) or not 0 <= pos <= (0 if order is None else len(order)):
-        raise _bad(path, "loader.pos", f"is {pos!r}, not a position inside the epoch")
+                                  and torch.equal(order.sort().values, torch.arange(len(order)))):
+        raise bad("loader.order", "is not a permutation of the training split")
+    if not _int(pos) or pos > (0 if order is None else len(order)):
+        raise bad("loader.pos", f"is {pos!r}, not a position inside the epoch")
     if not isinstance(ckpt["data_fingerprint"], str):
-        raise _bad(path, "data_fingerprint", "is not a string")
+        raise bad("data_fingerprint", "is not a string")
     return args
 
 

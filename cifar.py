@@ -11,12 +11,14 @@ batches, as tensor operations on the device that holds the data.
 
     python cifar.py ./data    # downloads CIFAR-10 if needed and prints what it read
 """
+import argparse
 import functools
 import hashlib
 import shutil
 import stat
 import sys
 import tarfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -96,9 +98,11 @@ def load_or_download(root, download=True):
         created = not root.exists()
         try:
             download_cifar10(root)
-        except (OSError, ValueError) as e:
-            if created:  # leave no empty folder behind a mistyped --data
+        except BaseException as e:  # Ctrl-C too
+            if created:  # leave no folder behind a mistyped --data
                 shutil.rmtree(root, ignore_errors=True)
+            if not isinstance(e, (OSError, ValueError)):
+                raise
             raise type(e)(f"no CIFAR-10 files in {root}, so a download was tried: {e}") from None
     return (*load_cifar10(root, train=True), *load_cifar10(root, train=False))
 
@@ -124,6 +128,30 @@ def _safe_extract(archive, dest):
         raise ValueError(f"{archive}: could not extract it ({e})") from None
 
 
+def fetch(url, path, stall=60, min_rate=10_000):
+    """Download `url` into a new file `path`, with progress on stderr once a second; a server
+    that sends under `min_rate` bytes/s over `stall` seconds counts as gone (a TimeoutError)."""
+    with urllib.request.urlopen(url, timeout=stall) as r, open(path, "wb") as f:
+        total, done = int(r.headers.get("Content-Length") or 0), 0
+        shown = mark = time.time()
+        mark_done = 0
+        try:
+            while chunk := r.read1(1 << 20):
+                f.write(chunk)
+                done += len(chunk)
+                now = time.time()
+                if now - shown >= 1:
+                    print(f"\rdownloading {url}: {done >> 20} / {total >> 20} MiB", end="",
+                          file=sys.stderr, flush=True)
+                    shown = now
+                if now - mark >= stall:
+                    if done - mark_done < min_rate * stall:
+                        raise TimeoutError(f"under {min_rate // 1000} kB/s for {stall} s")
+                    mark, mark_done = now, done
+        finally:
+            print(file=sys.stderr)  # error lines start on a line of their own
+
+
 def download_cifar10(root, url=URL, md5=MD5):
     """Fetch, check and extract CIFAR-10 into `root/cifar-10-batches-bin`; return that folder.
 
@@ -140,16 +168,11 @@ def download_cifar10(root, url=URL, md5=MD5):
     if fetched:
         archive = root / (Path(url).name + ".part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
-                total, done = int(r.headers.get("Content-Length") or 0), 0
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    done += len(chunk)
-                    print(f"\rdownloading {url}: {done >> 20} / {total >> 20} MiB", end="",
-                          file=sys.stderr)
-            print(file=sys.stderr)
-        except OSError as e:  # URLError, timeouts, refused connections
+            fetch(url, archive)
+        except BaseException as e:  # Ctrl-C too: no partial file is left
             archive.unlink(missing_ok=True)
+            if not isinstance(e, OSError):
+                raise
             raise ConnectionError(f"could not download {url} ({getattr(e, 'reason', e)}); "
                                   f"fetch it by hand and put it in {root}/ (the .tar.gz or the "
                                   f"extracted {FOLDER} folder)") from None
@@ -261,15 +284,17 @@ class Loader:
 
 
 if __name__ == "__main__":
-    root = sys.argv[1] if len(sys.argv) > 1 else "./data"
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", nargs="?", default="./data",
+                   help="CIFAR-10 folder; downloaded there if it holds none (default ./data)")
+    root = p.parse_args().root
     try:
-        try:
-            load_cifar10(root, train=False)
-        except FileNotFoundError:
-            download_cifar10(root)
-        for train in (True, False):
-            images, labels = load_cifar10(root, train)
-            per_class = np.bincount(labels, minlength=10).tolist()
-            print(f"{'train' if train else 'test'}: {len(labels)} images, per class {per_class}")
+        _, train_y, _, test_y = load_or_download(root)
+        for split, labels in (("train", train_y), ("test", test_y)):
+            print(f"{split}: {len(labels)} images, per class "
+                  f"{np.bincount(labels, minlength=10).tolist()}")
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted; nothing partial was left")
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")

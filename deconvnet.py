@@ -57,9 +57,9 @@ def _block_down(r, block, masks, in_size, guided):
     main = _conv_bn_down(main, block.conv1, block.bn1, in_size)
     if block.shortcut is None:  # a plain block: no shortcut branch on the way down either
         return main
-    if len(block.shortcut) == 0:  # identity
+    if isinstance(block.shortcut, nn.Identity):
         return main + r
-    return main + _conv_bn_down(r, block.shortcut[0], block.shortcut[1], in_size)
+    return main + _conv_bn_down(r, *block.shortcut, in_size)  # the projection: conv, bn
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check: one call on a lent GPU (an H200; at most 10 minutes), run from the repository
-# root by the device tool with `carry: ["gpu_data"]`, where gpu_data/ (ignored by git through
-# .git/info/exclude) holds build_full.py and its two archives of CIFAR-10 JPEGs: the machine
-# has no network. Everything it measures lands under $OUT.
-#   1. builds the data: 50,000 training images and the 2,000-image test sample;
+# The GPU check: one call on a lent GPU (at most 10 minutes), run from a clone:
+#     bash gpu_check.sh [DATA]
+# DATA is the CIFAR-10 folder (default ./data, downloaded there as train.py does when it holds
+# none). On a machine without internet, carry a folder that holds cifar-10-batches-bin (or the
+# official cifar-10-binary.tar.gz) and pass it. Everything it measures lands under $OUT.
+#   1. reads the data (downloading it if needed);
 #   2. runs the CUDA tests (tests/test_cuda.py: loader invariants, CUDA against the CPU in
 #      float64, --amp and --compile against eager, no host-device sync in the loop, resume);
 #   3. times bench.py on CUDA at full width: eager float32, --amp, and --compile (torch.compile
@@ -24,6 +25,7 @@
 # an old driver), train.py falls back to eager with one line saying so. It is not written
 # yet: code that has never run on a GPU does not ship.
 set -uo pipefail
+DATA_ARG="$(realpath -m "${1:-./data}")"
 cd "$(dirname "$0")"
 OUT="${OUT:-gpu_out}"
 mkdir -p "$OUT"
@@ -36,8 +38,8 @@ PY=python3
 cat "$OUT/machine.txt"
 
 echo "== 1. data"
-$PY gpu_data/build_full.py gpu_data/full > "$OUT/build.log" 2>&1 || { cat "$OUT/build.log"; exit 1; }
-DATA=gpu_data/full/cifar-10-batches-bin
+DATA="$DATA_ARG"
+$PY cifar.py "$DATA" 2>&1 | tail -2 || exit 1
 
 echo "== 2. CUDA tests"
 timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/tests.log" 2>&1
@@ -60,7 +62,7 @@ timeout -s TERM "${STUDY_SECONDS:-300}" $PY train.py --data "$DATA" --no-downloa
 echo "train.py exit status $? (143: stopped by the time limit and saved; continue with --resume)"
 tail -3 "$OUT/study.log"
 $PY -c "
-import checkpoint, sys
+import checkpoint, study, resnet18
 ckpt, run = checkpoint.load_valid('$OUT/study.pt')
-print(checkpoint.describe(run), 'at iteration', ckpt['iteration'], 'flags', '$FAST' or 'eager')
-print(checkpoint.table(ckpt['history']))"
+print(resnet18.describe(run), 'at iteration', ckpt['iteration'], 'flags', '$FAST' or 'eager')
+print(study.table(ckpt['history']))"

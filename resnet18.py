@@ -30,16 +30,19 @@ import torch
 from torch import nn
 
 STAGES = ("conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x")
+WIDTHS = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 8}  # x width: channels
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks in conv2_x ... conv5_x (Table 1)
 
 
 class BasicBlock(nn.Module):
-    """He et al. Figure 2 (left), post-activation: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)).
+    """He et al. Figure 5 (left), the two-layer building block of ResNet-18/34 (Figure 2 draws
+    the same residual block in general), post-activation:
+    relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)).
 
-    The shortcut is the identity when the shape is kept, and otherwise a strided 1x1
+    The shortcut is nn.Identity when the shape is kept, and otherwise a strided 1x1
     convolution with BatchNorm (the paper's option B, §3.3). No convolution has a bias:
-    the BatchNorm after it has one. A plain block (`plain=True`) has no shortcut at all:
-    relu(bn(conv(relu(bn(conv(x)))))).
+    the BatchNorm after it has one. A plain block (`plain=True`) has no shortcut at all
+    (None): relu(bn(conv(relu(bn(conv(x)))))).
     """
 
     def __init__(self, in_channels, out_channels, stride=1, plain=False):
@@ -50,13 +53,12 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = None  # plain: no shortcut branch
-        if not plain:
-            self.shortcut = nn.Sequential()  # identity
-            if stride != 1 or in_channels != out_channels:
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                    nn.BatchNorm2d(out_channels),
-                )
+        if not plain and (stride != 1 or in_channels != out_channels):
+            self.shortcut = nn.Sequential(  # projection, option B
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels))
+        elif not plain:
+            self.shortcut = nn.Identity()
         self.relu2 = nn.ReLU()  # after the addition
 
     def forward(self, x):  # (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
@@ -77,15 +79,16 @@ def stage(in_channels, out_channels, blocks, stride, plain):
 class ResNet(nn.Module):
     def __init__(self, depth=18, num_classes=10, width=64, plain=False):
         super().__init__()
-        w, (n2, n3, n4, n5) = width, BLOCKS[depth]
+        c = {name: k * width for name, k in WIDTHS.items()}  # channels of each stage
+        n2, n3, n4, n5 = BLOCKS[depth]
         self.depth, self.plain = depth, plain
-        self.conv1 = nn.Sequential(nn.Conv2d(3, w, 3, 1, padding=1, bias=False),
-                                   nn.BatchNorm2d(w), nn.ReLU())
-        self.conv2_x = stage(w, w, n2, 1, plain)
-        self.conv3_x = stage(w, 2 * w, n3, 2, plain)
-        self.conv4_x = stage(2 * w, 4 * w, n4, 2, plain)
-        self.conv5_x = stage(4 * w, 8 * w, n5, 2, plain)
-        self.fc = nn.Linear(8 * w, num_classes)
+        self.conv1 = nn.Sequential(nn.Conv2d(3, c["conv1"], 3, 1, padding=1, bias=False),
+                                   nn.BatchNorm2d(c["conv1"]), nn.ReLU())
+        self.conv2_x = stage(c["conv1"], c["conv2_x"], n2, 1, plain)
+        self.conv3_x = stage(c["conv2_x"], c["conv3_x"], n3, 2, plain)
+        self.conv4_x = stage(c["conv3_x"], c["conv4_x"], n4, 2, plain)
+        self.conv5_x = stage(c["conv4_x"], c["conv5_x"], n5, 2, plain)
+        self.fc = nn.Linear(c["conv5_x"], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -119,6 +122,20 @@ def ResNet34(num_classes=10, width=64, plain=False):
 def network_name(depth=18, plain=False):
     """The network's name as He et al. write it: "ResNet-18", "plain-34"."""
     return f"{'plain' if plain else 'ResNet'}-{depth}"
+
+
+def describe(run):
+    """'ResNet-18, width 16' for the network of a run's settings (train.py's flags)."""
+    return f"{network_name(run['depth'], run['plain'])}, width {run['width']}"
+
+
+def build(run, state=None, device="cpu"):
+    """The network of a run's settings, with the weights of a checked state_dict if given, in
+    channels_last (the fast layout for its convolutions)."""
+    model = ResNet(run["depth"], width=run["width"], plain=run["plain"])
+    if state is not None:
+        model.load_state_dict(state)
+    return model.to(device, memory_format=torch.channels_last)
 
 
 if __name__ == "__main__":

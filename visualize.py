@@ -23,19 +23,20 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # headless: files only, no window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import checkpoint
+import cifar
+import study
+from deconvnet import project
+from resnet18 import STAGES, WIDTHS, build, describe
 
-import checkpoint  # noqa: E402
-import cifar  # noqa: E402
-from deconvnet import project  # noqa: E402
-from resnet18 import STAGES  # noqa: E402
-
+matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
 TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
-STAGE_WIDTH = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 8}  # x width
+FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
+           "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png")
 
 
 def get_args(argv=None):
@@ -58,7 +59,7 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto",
                    help="cpu, cuda or cuda:N (default auto: CUDA when available)")
     args = p.parse_args(argv)
-    if not args.image.isdigit() and args.image not in cifar.CLASSES:
+    if not (args.image.isascii() and args.image.isdigit()) and args.image not in cifar.CLASSES:
         p.error(f"--image {args.image}: give an index or a class name "
                 f"({', '.join(cifar.CLASSES)})")
     return args
@@ -70,7 +71,7 @@ def parse_top9(spec, width):
     if layer not in STAGES or not channel.isdigit():
         raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of "
                          f"{', '.join(STAGES)}")
-    channels = STAGE_WIDTH[layer] * width
+    channels = WIDTHS[layer] * width
     if int(channel) >= channels:
         raise ValueError(f"--top9 {spec}: {layer} has {channels} channels, no channel {channel}")
     return layer, int(channel)
@@ -124,33 +125,46 @@ def contrast(r):
     return r.permute(0, 2, 3, 1).numpy()
 
 
+def check_out(paths):
+    """Refuse, before drawing, to replace a file that is not a figure (a checkpoint, or what
+    a planted link points to)."""
+    for path in paths:
+        if path.exists() and (not path.is_file() or path.read_bytes()[:4] != b"\x89PNG"):
+            raise ValueError(f"{path} exists and is not a PNG figure; it was left alone: "
+                             f"pick another --out")
+
+
 def save(fig, path):
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    """Written like a checkpoint: a fresh temporary file, then a rename over `path`."""
+    checkpoint.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100,
+                                                        bbox_inches="tight"))
     plt.close(fig)
     print(f"wrote {path}")
 
 
 def fig1_learning_curve(history, run, path):
     it = [h["iteration"] for h in history]
-    rows = [h for h in history if h["iteration"] % checkpoint.TABLE_EVERY == 0]
+    rows = [h for h in history if h["iteration"] % study.TABLE_EVERY == 0]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"),
                            (axes[1], "acc", "Accuracy (%)")):
         ax.plot(it, [h[f"train_{key}"] for h in history], "o-", ms=3,
                 label="train (no augmentation)")
         ax.plot(it, [h[f"test_{key}"] for h in history], "o-", ms=3, label="test")
-        for d in run["lr_drops"]:
+        for d in (d for d in run["lr_drops"] if d <= it[-1]):  # the drops the run has passed
             ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
         if rows:
             ax.plot([h["iteration"] for h in rows], [h[f"test_{key}"] for h in rows], "ks",
                     mfc="none", ms=8, label="Table 1 rows (test)")
-        ax.set(xlabel="iteration", title=title)
-    study = [(i, a) for i, a in checkpoint.STUDY_TEST_ACC.items() if i <= max(it)]
-    if study:
-        axes[1].plot(*zip(*study), "k*", ms=10, label="study, test (Table 1)")
+        ax.set(xlabel="iteration", title=title, xlim=(0, it[-1] * 1.02))
+    studys = [(i, a) for i, a in study.TEST_ACC.items() if i <= it[-1]]
+    if studys:
+        axes[1].plot(*zip(*studys), "k*", ms=10, label="study, test (Table 1)")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.suptitle(f"{checkpoint.describe(run)}, batch {run['batch']}")
+    done = "" if it[-1] == run["iters"] else f", evaluated to iteration {it[-1]:,} of " \
+                                              f"{run['iters']:,}"
+    fig.suptitle(f"{describe(run)}, batch {run['batch']}{done}")
     save(fig, path)
 
 
@@ -277,39 +291,54 @@ def top9(model, test_x, layer, channel, out):
     save(fig, Path(out) / f"top9_{layer}_{channel}.png")
 
 
+def labels(paths, runs):
+    """A legend entry per run: its network, the settings in which the runs differ, and its
+    file where two entries would still read the same."""
+    keys = [k for k in ("lr", "batch", "momentum", "wd", "seed", "iters", "lr_drops", "amp")
+            if len({str(r[k]) for r in runs}) > 1]
+    names = [describe(r) + "".join(f", {k} {r[k]}" for k in keys) for r in runs]
+    return [f"{n} ({p})" if names.count(n) > 1 else n for n, p in zip(names, paths)]
+
+
 def main(argv=None):
     args = get_args(argv)
     device = checkpoint.pick_device(args.device)
-    ckpt, run = checkpoint.load_valid(args.ckpt)
-    others = [(path, *checkpoint.load_valid(path)) for path in args.compare]
+    paths = [Path(args.ckpt), *map(Path, args.compare)]
+    twice = [p for p in paths if [q.resolve() for q in paths].count(p.resolve()) > 1]
+    if twice:
+        raise ValueError(f"--compare: {twice[0]} is given twice")
+    (ckpt, run), *others = [checkpoint.load_valid(p) for p in paths]
     spec = args.top9 and parse_top9(args.top9, run["width"])
 
-    # The test images, checked with --image before any figure is written.
+    # The test images, checked (with --image) before any figure is written.
     data = args.data
-    if data is None:  # the run's own data folder, if it is still there
-        data = run["data"]
-        if not (cifar.find_folder(data) / cifar.TEST_FILES[0]).is_file():
-            data = None
+    if data is None and (cifar.find_folder(run["data"]) / cifar.TEST_FILES[0]).is_file():
+        data = run["data"]  # the run's own folder, still there
     if data is not None:
         test_x, test_y = cifar.load_cifar10(data, train=False)
         index = pick_image(args.image, test_y, data)
+        if ckpt.get("test_fingerprint", "") not in ("", checkpoint.fingerprint(test_x, test_y)):
+            wrong = f"the test images in {data} are not the ones {args.ckpt} was evaluated on"
+            if args.data is None:
+                raise ValueError(f"{wrong}: pass --data with the run's CIFAR-10 folder")
+            print(f"warning: {wrong}; the figures show these images", file=sys.stderr)
 
-    model = checkpoint.build_model(run, ckpt["model"], device).eval()
     out = Path(args.out)
+    check_out([out / name for name in FIGURES] + [out / f"top9_{'_'.join(map(str, spec))}.png"
+                                                  for _ in [spec] if spec])
+    model = build(run, ckpt["model"], device).eval()
     out.mkdir(parents=True, exist_ok=True)
     history = ckpt["history"]
-    print(f"{args.ckpt}: {checkpoint.describe(run)} at iteration {ckpt['iteration']:,}")
-    print(checkpoint.table(history) if history else
+    print(f"{args.ckpt}: {describe(run)} at iteration {ckpt['iteration']:,}")
+    print(f"Table 1 of this run, beside the study's:\n{study.table(history)}" if history else
           "no evaluation in this checkpoint yet: no Table 1, no Figure 1")
     if history:
         fig1_learning_curve(history, run, out / "fig1_learning_curve.png")
     fig2_conv1_filters(model, out / "fig2_conv1_filters.png")
     if args.compare:
-        seeds = {r["seed"] for _, _, r in others} | {run["seed"]}
-        label = (lambda r: f"{checkpoint.describe(r)}, seed {r['seed']}") if len(seeds) > 1 \
-            else checkpoint.describe
-        fig6_compare([(label(run), history)] + [(label(r), c["history"]) for _, c, r in others],
-                     out / "fig6_compare.png")
+        runs = [run] + [r for _, r in others]
+        fig6_compare(list(zip(labels(paths, runs), [ckpt["history"]] +
+                              [c["history"] for c, _ in others])), out / "fig6_compare.png")
     if data is None:
         print(f"Figures 3-5 (feature maps, deconvnet) and --top9 need test images, and the "
               f"run's data folder ({run['data']}) has none: pass --data with the CIFAR-10 folder")
@@ -332,7 +361,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(checkpoint.cli(lambda: main(), "interrupted; every figure written is whole"))

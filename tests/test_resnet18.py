@@ -90,7 +90,7 @@ def test_basic_block_matches_a_functional_oracle():
 def test_basic_block_gradcheck(in_c, out_c, stride):
     torch.manual_seed(0)
     block = BasicBlock(in_c, out_c, stride).double()
-    assert (len(block.shortcut) == 0) == (stride == 1 and in_c == out_c)
+    assert isinstance(block.shortcut, torch.nn.Identity) == (stride == 1 and in_c == out_c)
     x = torch.randn(2, in_c, 6, 6, dtype=torch.double, requires_grad=True)
     params = tuple(block.parameters())
 
