@@ -82,11 +82,13 @@ class Run:
     def check_place(self):
         """Refuse, before any work, a checkpoint that could not be saved or would overwrite."""
         p, csv_, fresh = self.path, self.csv, not self.args.resume
+        if p.is_dir():
+            raise ValueError(f"--ckpt {p} is a folder: give a file name, such as {p / 'run.pt'}")
         if p.suffix != ".pt":
             raise ValueError(f"--ckpt {p}: a checkpoint's name ends in .pt (the run writes its "
                              f"history beside it as {p.stem}.csv)")
-        if p.is_dir() or csv_.is_dir():
-            raise ValueError(f"--ckpt {p}: {p if p.is_dir() else csv_} is a folder")
+        if csv_.is_dir():
+            raise ValueError(f"--ckpt {p}: its history file {csv_} is a folder")
         if not p.parent.is_dir():
             raise ValueError(f"--ckpt {p}: the folder {p.parent} does not exist")
         if fresh and p.exists():
@@ -138,7 +140,7 @@ class Run:
         if args.eval_every != saved["eval_every"]:
             notes.append(f"evaluating every {args.eval_every} iterations (was "
                          f"{saved['eval_every']})")
-        self.changes = "; ".join(notes) or "the run's own settings"
+        self.changes = "; ".join(notes) or "with the run's own settings"
         return args
 
     def check_data(self, fingerprint):
@@ -316,12 +318,13 @@ def check_fits_in_memory(depth, width, plain, device):
                          f"momentum alone, more than {where} {have / 2**30:.1f} GiB")
 
 
-def cli(main, interrupted):
-    """Run a script's main as a command: an expected failure is one line on stderr."""
+def cli(main, argv=None):
+    """Run a script's main(argv) as a command: an expected failure is one line on stderr (a
+    returned string, for sys.exit), and Ctrl-C before any save is one line too."""
     try:
-        return main()
+        return main(argv)
     except KeyboardInterrupt:
-        return f"error: {interrupted}"
+        return "error: interrupted; nothing partial was written"
     except (OSError, ValueError, FloatingPointError) as e:
         return f"error: {e}"
 

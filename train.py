@@ -188,8 +188,8 @@ def main(argv=None):
             return {"model": model.state_dict(), "iteration": it, "history": history,
                     "args": vars(args), **data, "momentum": bufs, "loader": loader.state_dict()}
 
-        what = f"continuing from iteration {start:,} with {run.changes}" if last else \
-            f"iterations 0 -> {args.iters:,}"
+        what = f"continuing from iteration {start:,} to {args.iters:,}, {run.changes}" if last \
+            else f"iterations 0 -> {args.iters:,}"
         run.begin(f"{describe(vars(args))}: {sum(p.numel() for p in params):,} parameters on "
                   f"{device}; data: {data['data_fingerprint']}; {what}; {schedule(args)}")
         it, loss_sum, n_sum = start, torch.zeros((), device=device), 0
@@ -203,9 +203,7 @@ def main(argv=None):
             it += 1  # iterations done
             if it % LOG_EVERY == 0 or it == start + 10:
                 loss = loss_sum.item() / n_sum
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"the training loss became {loss} by iteration "
-                                             f"{it:,}: training diverged; {run.kept()}")
+                check_finite("training loss", loss, it, run)
                 now = time.time()
                 t_train += now - t_log
                 left = t_train / (it - start) * (args.iters - it) \
@@ -221,6 +219,8 @@ def main(argv=None):
                 train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n],
                                                  args.amp)
                 test_loss, test_acc = evaluate(model, test_x, test_y, args.amp)
+                check_finite("train loss", train_loss, it, run)
+                check_finite("test loss", test_loss, it, run)
                 history.append({"iteration": it, "lr": lr, "train_loss": train_loss,
                                 "train_acc": train_acc, "test_loss": test_loss,
                                 "test_acc": test_acc, "train_images": n})
@@ -233,6 +233,12 @@ def main(argv=None):
             return run.stop(state(it))
         run.say(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
         return 0
+
+
+def check_finite(what, value, it, run):
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the {what} became {value} by iteration {it:,}: training "
+                                 f"diverged; {run.kept()}")
 
 
 def schedule(args):
@@ -298,4 +304,4 @@ def rate(text):
 
 
 if __name__ == "__main__":
-    sys.exit(checkpoint.cli(main, "interrupted before training started; nothing was written"))
+    sys.exit(checkpoint.cli(main))

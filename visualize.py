@@ -361,4 +361,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(checkpoint.cli(lambda: main(), "interrupted; every figure written is whole"))
+    sys.exit(checkpoint.cli(main))

@@ -1,4 +1,12 @@
-"""Shared helpers: synthetic CIFAR-10 files in the official binary layout, and the CLI."""
+"""Shared helpers: synthetic CIFAR-10 files in the official binary layout, and the scripts run
+as a user runs them: in this process (fast), or as a new process where the test needs one.
+
+`pytest tests` runs the fast tests; `pytest tests --slow` also runs the ones marked slow (those
+that start processes: signals, SIGKILL, a closed stdout, the lock between two runs).
+"""
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -7,10 +15,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import checkpoint  # the repository root is on sys.path: pyproject.toml's pythonpath
+import cifar
 
-import cifar  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (they start processes)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts processes; run with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--slow"):
+        skip = pytest.mark.skip(reason="starts processes: run with --slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
 
 
 def write_batch(path, images, labels):
@@ -45,23 +70,48 @@ def tiny_data(tmp_path):
     return make_cifar(tmp_path / "data")
 
 
+def run_cli(script, *args, cwd, **_):
+    """Run one of the project's scripts in this process, exactly as its `__main__` block does
+    (checkpoint.cli: one line for an expected error), from the folder `cwd`. Returns a
+    CompletedProcess, as run_process does."""
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd(), sys.argv
+    os.chdir(cwd)
+    sys.argv = [str(REPO / script)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = checkpoint.cli(importlib.import_module(script[:-3]).main, argv)
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code
+    finally:
+        os.chdir(old[0])
+        sys.argv = old[1]
+    if isinstance(code, str):  # sys.exit(message): the message on stderr, status 1
+        err.write(code + "\n")
+        code = 1
+    return subprocess.CompletedProcess(argv, code or 0, out.getvalue(), err.getvalue())
+
+
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
-def run_cli(script, *args, cwd, timeout=120):
-    """Run one of the project's scripts as a user would; returns the CompletedProcess."""
+def run_process(script, *args, cwd, timeout=120, **kwargs):
+    """Run one of the project's scripts as a new process, as a user would."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-def start_cli(script, *args, cwd):
+def start_process(script, *args, cwd, **kwargs):
     """Start one of the project's scripts in the background; returns the Popen."""
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
 
 
 def run_with_fault(fault, script, *args, cwd, popen=False):
-    """Run `script` as a user would, with one named fault of tests/inject.py injected."""
+    """Run `script` as a new process, with one named fault of tests/inject.py injected."""
     cmd = [sys.executable, str(REPO / "tests" / "inject.py"), fault, str(REPO / script),
            *map(str, args)]
     if popen:

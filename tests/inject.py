@@ -1,9 +1,10 @@
-"""Run one of the project's scripts with one named fault injected, for the fault tests:
+"""Named faults, injected into a script run as a new process, for the process-level tests:
 
     python tests/inject.py FAULT SCRIPT [ARGS...]
 
-Each fault is a function below that patches what the script will call; then the script runs
-as __main__, exactly as `python SCRIPT ARGS...` would run it.
+Each fault is a function below that patches what the script will call, through `setattr`
+(the fast tests pass pytest's monkeypatch.setattr instead, in their own process); then the
+script runs as __main__, exactly as `python SCRIPT ARGS...` would run it.
 """
 import errno
 import pathlib
@@ -11,44 +12,40 @@ import runpy
 import sys
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import cifar  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 
-def fail_save(at, fault):
+def fail_save(at, fault, setattr):
     """torch.save runs as usual until its `at`-th call, which runs fault(file) instead."""
     real, calls = torch.save, []
 
     def save(obj, f):
         calls.append(1)
         return real(obj, f) if len(calls) < at else fault(f)
-    torch.save = save
+    setattr(torch, "save", save)
 
 
-def disk_full_at_second_save():
-    """The second save writes a few bytes, then fails as a full disk does."""
+def disk_full_at_second_save(setattr=setattr):
+    """The second save writes a few bytes, then fails as a full disk does inside torch.save."""
     def full(f):
         f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-    fail_save(2, full)
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 7") \
+            from OSError(errno.ENOSPC, "No space left on device")
+    fail_save(2, full, setattr)
 
 
-def hang_in_third_save():
+def hang_in_third_save(setattr=setattr):
     """The third save writes half a file, says SAVING, and waits to be killed."""
     def hang(f):
         f.write(b"PK\x03\x04 half a checkpoint")
         f.flush()
         print("SAVING", flush=True)
         time.sleep(60)
-    fail_save(3, hang)
+    fail_save(3, hang, setattr)
 
 
-def nan_at_step_7():
+def nan_at_step_7(setattr=setattr):
     """The 7th training loss (and so every weight after that step) is NaN."""
     real, steps = F.cross_entropy, []
 
@@ -57,16 +54,18 @@ def nan_at_step_7():
             return real(*args, **kwargs)
         steps.append(1)
         return real(*args, **kwargs) * (float("nan") if len(steps) == 7 else 1.0)
-    F.cross_entropy = loss
+    setattr(F, "cross_entropy", loss)
 
 
-def offline():
+def offline(setattr=setattr):
     """The download fails at once, as with no network: nothing listens on port 9."""
-    cifar.URL = "http://127.0.0.1:9/cifar-10-binary.tar.gz"
-    cifar.download_cifar10.__defaults__ = (cifar.URL, cifar.MD5)
+    import cifar
+    url = "http://127.0.0.1:9/cifar-10-binary.tar.gz"
+    setattr(cifar, "URL", url)
+    setattr(cifar.download_cifar10, "__defaults__", (url, cifar.MD5))
 
 
-def unreadable_test_batch():
+def unreadable_test_batch(setattr=setattr):
     """test_batch.bin cannot be read, as for a user without permission (root reads anything)."""
     real = pathlib.Path.read_bytes
 
@@ -74,15 +73,19 @@ def unreadable_test_batch():
         if path.name == "test_batch.bin":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path)
-    pathlib.Path.read_bytes = read
+    setattr(pathlib.Path, "read_bytes", read)
 
 
-def unwritable_folders():
-    """No new file can be created anywhere, as in a folder without write permission."""
-    def refuse(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
-    import tempfile
-    tempfile.mkstemp = refuse
+def unwritable_folders(setattr=setattr):
+    """No new file can be created with os.open, as in a folder without write permission."""
+    import os
+    real = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, *args, **kwargs)
+    setattr(os, "open", refuse)
 
 
 FAULTS = {f.__name__: f for f in (disk_full_at_second_save, hang_in_third_save, nan_at_step_7,
@@ -90,6 +93,7 @@ FAULTS = {f.__name__: f for f in (disk_full_at_second_save, hang_in_third_save, 
 
 if __name__ == "__main__":
     fault, script, *args = sys.argv[1:]
+    sys.path.insert(0, str(pathlib.Path(script).parent))
     FAULTS[fault]()
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")

@@ -4,6 +4,7 @@ import torch
 
 import cifar
 import train
+from resnet18 import build
 from conftest import run_cli
 from test_train import batches, project_steps, textbook_steps
 
@@ -64,7 +65,7 @@ def test_compile_on_cuda_matches_eager():
 
 def test_no_host_device_sync_inside_the_loop():
     torch.manual_seed(0)
-    model = train.checkpoint.build_model({"width": 8, "depth": 18, "plain": False}, None, "cuda")
+    model = build({"width": 8, "depth": 18, "plain": False}, None, "cuda")
     params = list(model.parameters())
     bufs = [torch.zeros_like(p) for p in params]
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)

@@ -1,5 +1,8 @@
 """train.py: the hand-written SGD, the schedule, the CLI, exact resume, and the fast paths."""
 import copy
+import signal
+import os
+import stat
 import time
 
 import pytest
@@ -8,6 +11,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import cifar
+import study
 import train
 from conftest import TINY, real_data_dir, run_cli
 from resnet18 import ResNet18
@@ -45,38 +49,83 @@ def test_lr_at_around_each_drop():
     assert train.lr_at(10**6, 0.5, ()) == 0.5
 
 
-def test_table_has_the_rows_every_10000_iterations_and_the_last():
-    def history(*its):
-        return [{"iteration": i, "train_acc": 90.0, "test_acc": 79.6} for i in its]
-    rows = checkpoint.table(history(5000, 10000, 15000, 20000, 25000)).splitlines()[2:]
-    assert [r.split("|")[1].strip() for r in rows] == ["10,000", "20,000", "25,000"]
-    assert rows[0] == "| 10,000 | 10.00 | 90.00 | 20.40 | 79.60 | 79.60 |"
-    assert len(checkpoint.table(history(100, 200, 300)).splitlines()) == 5
+def history(*its):
+    return [{"iteration": i, "train_acc": 90.0, "test_acc": 79.6} for i in its]
+
+
+def test_table_has_a_column_every_10000_iterations_and_the_last():
+    lines = study.table(history(5000, 10000, 15000, 20000, 25000)).splitlines()
+    assert lines == ["| Iterations | 10,000 | 20,000 | 25,000 |",
+                     "|---|---:|---:|---:|",
+                     "| Train error (%) | 10.00 | 10.00 | 10.00 |",
+                     "| Train accuracy (%) | 90.00 | 90.00 | 90.00 |",
+                     "| Test error (%) | 20.40 | 20.40 | 20.40 |",
+                     "| Test accuracy (%) | 79.60 | 79.60 | 79.60 |",
+                     "| Study test accuracy (%) | 79.60 | 83.40 | - |"]
+
+
+def test_table_of_a_short_run_has_every_evaluation():
+    lines = study.table(history(100, 200, 300)).splitlines()
+    assert lines[0] == "| Iterations | 100 | 200 | 300 |" and len(lines) == 7
+    assert lines[-1] == "| Study test accuracy (%) | - | - | - |"
 
 
 def test_a_run_shorter_than_the_studys_drop_keeps_the_rate_and_says_so():
-    assert train.get_args(["--iters", "1000"]).lr_drops == []
-    assert train.get_args(["--iters", "32000"]).lr_drops == []
-    assert train.get_args(["--iters", "32001"]).lr_drops == [32000]
-    assert train.get_args(["--iters", "50000", "--lr-drops", "32000", "48000"]).lr_drops == \
-        [32000, 48000]
+    def drops(*flags):
+        return train.get_args(list(flags))[0].lr_drops
+    assert drops("--iters", "1000") == [] and drops("--iters", "32000") == []
+    assert drops("--iters", "32001") == [32000]
+    assert drops("--iters", "50000", "--lr-drops", "48000", "32000") == [32000, 48000]
     assert "learning rate 0.1 for the whole run (the study's first 1,000 iterations" in \
-        train.schedule(train.get_args(["--iters", "1000"]))
+        train.schedule(train.get_args(["--iters", "1000"])[0])
+
+
+def test_get_args_tells_the_flags_given_from_the_defaults():
+    args, given = train.get_args(["--width", "64", "--resume", "--lr-drops"])
+    assert given == {"width": 64, "resume": True, "lr_drops": []}
+    assert args.width == 64 and args.iters == 50000 and args.lr == 0.1
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0 s"), (12.4, "12 s"), (169, "2 min 49 s"),
+                                          (3600, "1 h 00 min 00 s"), (22618.2, "6 h 16 min 58 s")])
+def test_hms_reads_as_hours_minutes_seconds(seconds, text):
+    assert train.hms(seconds) == text
+
+
+@pytest.mark.parametrize("it,iters,every,left", [(0, 2000, 200, 10), (100, 2000, 200, 10),
+                                                 (200, 2000, 200, 9), (0, 250, 100, 3),
+                                                 (0, 50, 0, 1), (1999, 2000, 200, 1)])
+def test_evals_left_counts_every_evaluation_and_the_last(it, iters, every, left):
+    args = train.get_args(["--iters", str(iters), "--eval-every", str(every)])[0]
+    assert train.evals_left(it, args) == left
 
 
 def test_cli_writes_checkpoint_csv_and_table(tiny_data, tmp_path):
     r = run_cli("train.py", "--data", tiny_data, "--iters", 20, "--eval-every", 10,
                 "--lr-drops", 15, *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "| Iterations | Train error (%)" in r.stdout and "| 20 |" in r.stdout
+    assert "| Iterations | 10 | 20 |" in r.stdout and "| Study test accuracy (%) | - | - |" in r.stdout
+    assert "it     10/20 |" in r.stdout and " left " in r.stdout  # the first log line: at 10
     ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
     assert (ckpt["iteration"], ckpt["args"]["width"], ckpt["args"]["lr_drops"]) == (20, 8, [15])
+    assert ckpt["args"]["data"] == str(tiny_data.resolve())  # absolute: found from anywhere
     assert [h["iteration"] for h in ckpt["history"]] == [10, 20]
     assert set(ckpt["history"][0]) == set(checkpoint.HISTORY_KEYS)
     assert ckpt["history"][1]["lr"] == pytest.approx(0.01)
     assert (tmp_path / "run.csv").read_text().splitlines()[0].startswith("iteration,lr,train_loss")
     assert len((tmp_path / "run.csv").read_text().splitlines()) == 3
-    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.lock"))
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.lock"))
+
+
+def test_files_written_get_the_mode_the_umask_gives(tiny_data, tmp_path):
+    old = os.umask(0o022)
+    try:
+        r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, cwd=tmp_path)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    for name in ("run.pt", "run.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
 def weights(path):
@@ -135,9 +184,10 @@ def test_a_checkpoint_of_an_older_version_still_resumes(tiny_data, tmp_path):
     torch.save(ckpt, tmp_path / "run.pt")
     r = run_cli("train.py", "--data", tiny_data, "--iters", 20, *TINY, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "ResNet-18, width 8" in r.stdout and "iterations 10 -> 20" in r.stdout
+    assert "ResNet-18, width 8" in r.stdout and "continuing from iteration 10 to 20" in r.stdout
 
 
+@pytest.mark.slow
 def test_real_data_short_run_beats_chance(tmp_path):
     folder = real_data_dir()
     r = run_cli("train.py", "--data", folder, "--iters", 300, "--batch", 32, "--width", 8,
@@ -209,9 +259,81 @@ def test_cli_accepts_the_fast_path_flags(tiny_data, tmp_path):
     assert torch.load(tmp_path / "run.pt", weights_only=True)["args"]["amp"] is True
 
 
+@pytest.mark.slow  # compiling takes a minute on a fresh machine
 def test_torch_compile_matches_eager():
     data = batches()
     t = time.time()
     torch.testing.assert_close(project_steps(data, compiled=True), project_steps(data),
                                rtol=1e-3, atol=1e-4)
     print(f"compiled in {time.time() - t:.0f} s")
+
+
+# --- Stop and continue with the run's own settings --------------------------------------------
+
+def stop_at_step(monkeypatch, n, sig=signal.SIGINT):
+    """train.py's `n`-th training step sends `sig` to this process, as Ctrl-C would."""
+    real, steps = train.train_step, []
+
+    def step(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == n:
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "train_step", step)
+
+
+QUICK = ("--iters", 30, "--lr-drops", 12, "--eval-every", 7, "--width", 8, "--batch", 8,
+         "--seed", 3)  # none of them the default
+
+
+def test_resume_with_no_flag_but_the_checkpoint_ends_bit_identical(tiny_data, tmp_path,
+                                                                    monkeypatch):
+    r = run_cli("train.py", "--data", tiny_data, *QUICK, "--ckpt", "straight.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    stop_at_step(monkeypatch, 16)
+    r = run_cli("train.py", "--data", tiny_data, *QUICK, "--ckpt", "split.pt", cwd=tmp_path)
+    assert r.returncode == 128 + signal.SIGINT
+    command = f"python {train.__file__} --resume --ckpt split.pt"
+    assert r.stderr == f"SIGINT: stopped at iteration 16; split.pt saved; continue with: " \
+                       f"{command}\n"
+    monkeypatch.undo()
+    r = run_cli("train.py", *command.split()[2:], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "continuing from iteration 16 to 30, with the run's own settings; learning rate " \
+           "0.1, divided by 10 at 12" in r.stdout
+    assert same_weights(tmp_path / "straight.pt", tmp_path / "split.pt")
+    hist = torch.load(tmp_path / "split.pt", weights_only=True)["history"]
+    assert [h["iteration"] for h in hist] == [7, 14, 21, 28, 30]
+
+
+def test_resume_takes_a_change_of_what_is_still_ahead_and_says_so(tiny_data, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(study, "DROP", 25)  # the study's drop, inside a tiny run
+    args = ("--data", tiny_data, "--eval-every", 10, *TINY)
+    r = run_cli("train.py", *args, "--iters", 30, "--ckpt", "straight.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train.py", *args, "--iters", 20, "--ckpt", "part.pt", cwd=tmp_path)
+    assert r.returncode == 0 and "the study's first 20 iterations" in r.stdout, r.stderr
+    r = run_cli("train.py", "--resume", "--ckpt", "part.pt", "--iters", 30, "--eval-every", 5,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "continuing from iteration 20 to 30, extending to 30 iterations (it was set to 20); " \
+           "the learning rate will drop at 25; evaluating every 5 iterations (was 10)" in r.stdout
+    assert same_weights(tmp_path / "straight.pt", tmp_path / "part.pt")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--lr", 0.05), "trained with --lr 0.1; --lr 0.05 would change its 10 iterations run"),
+    (("--batch", 4), "trained with --batch 8; --batch 4 would change"),
+    (("--seed", 1), "trained with --seed 0; --seed 1 would change"),
+    (("--iters", 5), "run.pt is at iteration 10, past --iters 5"),
+    (("--lr-drops", 5), "trained with --lr-drops (none), a different schedule before iteration 10"),
+    (("--lr-drops", 11, 11), "--lr-drops 11 11: an iteration given twice")])
+def test_resume_refuses_a_change_of_the_past_naming_the_flag(tiny_data, tmp_path, flags, message):
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 10, "--eval-every", 5, *TINY,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = (tmp_path / "run.pt").read_bytes()
+    r = run_cli("train.py", "--resume", *flags, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert (tmp_path / "run.pt").read_bytes() == before
