@@ -98,9 +98,10 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
 def run_process(script, *args, cwd, timeout=120, **kwargs):
-    """Run one of the project's scripts as a new process, as a user would."""
+    """Run one of the project's scripts as a new process, as a user would; `kwargs` go to
+    subprocess.run (output captured as text unless they say otherwise)."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+                          timeout=timeout, **{"capture_output": True, "text": True, **kwargs})
 
 
 def start_process(script, *args, cwd, **kwargs):

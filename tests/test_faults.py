@@ -6,10 +6,13 @@ run, no network) are the named helpers of tests/inject.py, patched in with monke
 cases that need a process of their own (signals, SIGKILL, stdout, two runs) are in
 test_process.py.
 """
+import http.server
 import os
 import pickle
 import signal
 import tarfile
+import threading
+import time
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ import checkpoint
 import cifar
 import inject
 import train
+import visualize
 from conftest import TINY, make_cifar, run_cli
 
 
@@ -478,6 +482,7 @@ def test_an_existing_checkpoint_of_the_same_run_suggests_resume(good_run):
 def test_visualize_checks_its_flags_before_writing_a_figure(good_run, tmp_path):
     for flags, message in ((("--image", 32), "--image 32: the test set"),
                            (("--image", "dragon"), "--image dragon: give an index or a class"),
+                           (("--image", "²"), "--image ²: give an index or a class"),
                            (("--top9", "fc:1"), "--top9 fc:1: expected LAYER:CHANNEL"),
                            (("--top9", "conv1:99"), "conv1 has 8 channels, no channel 99"),
                            (("--compare", "missing.pt"), "missing.pt: no such checkpoint file"),
@@ -511,3 +516,157 @@ def test_nan_loss_stops_and_says_which_checkpoint_is_kept(tiny_data, tmp_path, m
     r = run_cli("train.py", *args, "--lr", 1e12, "--ckpt", "absurd.pt", cwd=tmp_path)
     assert_one_line_error(r, "training diverged", "no checkpoint was written")
     assert not (tmp_path / "absurd.pt").exists()
+
+
+# --- Nothing the user owns is touched (one test per class) ---------------------------------------
+
+def test_a_fresh_run_never_overwrites_a_history_file(tiny_data, tmp_path):
+    (tmp_path / "results.csv").write_text("my,precious\n")
+    before = files(tmp_path)
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, "--ckpt", "results.pt",
+                cwd=tmp_path)
+    assert_one_line_error(r, "results.csv exists, and the run would write its history there")
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, "--ckpt", "exp",
+                cwd=tmp_path)
+    assert_one_line_error(r, "--ckpt exp: a checkpoint's name ends in .pt")
+    assert files(tmp_path) == before
+
+
+def test_the_lock_is_never_a_users_file(tiny_data, tmp_path):
+    (tmp_path / "uv.pt.lock").write_text("version = 1\n")
+    before = files(tmp_path)
+    for ckpt, message in (("uv", "--ckpt uv: a checkpoint's name ends in .pt"),
+                          ("uv.pt", "uv.pt.lock exists and is not a lock of train.py; it was "
+                                    "left alone")):
+        r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, "--ckpt", ckpt,
+                    cwd=tmp_path)
+        assert_one_line_error(r, message)
+    assert files(tmp_path) == before
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_and_removed(tiny_data, tmp_path):
+    (tmp_path / "run.pt.lock").write_bytes(checkpoint.LOCK_TAG + b"12345\n")
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "run.pt.lock").exists()
+
+
+def test_visualize_never_writes_through_a_link_or_over_a_checkpoint(good_run, tmp_path):
+    (tmp_path / "victim.txt").write_text("precious\n")
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "fig2_conv1_filters.png").symlink_to(tmp_path / "victim.txt")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "fig1_learning_curve.png").write_bytes((good_run / "run.pt").read_bytes())
+    before = files(tmp_path)
+    for out in ("figs", "out"):
+        r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", out, cwd=tmp_path)
+        assert_one_line_error(r, "exists and is not a PNG figure; it was left alone")
+    assert files(tmp_path) == before
+    # A link to a figure is replaced by the new figure; the file it pointed to is left alone.
+    (tmp_path / "old.png").write_bytes(b"\x89PNG old")
+    (tmp_path / "figs" / "fig2_conv1_filters.png").unlink()
+    (tmp_path / "figs" / "fig2_conv1_filters.png").symlink_to(tmp_path / "old.png")
+    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", "figs", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "old.png").read_bytes() == b"\x89PNG old"
+    assert not (tmp_path / "figs" / "fig2_conv1_filters.png").is_symlink()
+
+
+# --- No failure to write loses work ---------------------------------------------------------------
+
+def test_a_stop_after_the_loss_became_nan_keeps_the_last_good_checkpoint(tiny_data, tmp_path,
+                                                                         monkeypatch):
+    inject.nan_at_step_7(monkeypatch.setattr)
+    real, steps = train.train_step, []
+
+    def step(*args, **kwargs):  # SIGTERM at the 8th step, after the NaN of the 7th
+        steps.append(1)
+        if len(steps) == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "train_step", step)
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 20, "--eval-every", 5, *TINY,
+                cwd=tmp_path)
+    assert_one_line_error(r, "the weights became NaN or infinite by iteration 8",
+                          "run.pt still holds iteration 5")
+    assert checkpoint.load_valid(tmp_path / "run.pt", resume=True)[0]["iteration"] == 5
+
+
+# --- The data a figure claims ---------------------------------------------------------------------
+
+def test_visualize_draws_only_the_runs_test_images_unless_told(good_run, tmp_path):
+    ckpt = torch.load(good_run / "run.pt", weights_only=True)
+    assert ckpt["args"]["data"] == str(good_run / "data")  # stored absolute
+    ckpt["args"]["data"] = "data"  # as an older run stored it: relative to where it ran
+    torch.save(ckpt, tmp_path / "old.pt")
+    make_cifar(tmp_path / "data", seed=1)  # other images, where the relative name now points
+    r = run_cli("visualize.py", "--ckpt", "old.pt", "--out", "figs", cwd=tmp_path)
+    assert_one_line_error(r, "the test images in data are not the ones old.pt was evaluated on",
+                          "pass --data")
+    assert not (tmp_path / "figs").exists()
+    r = run_cli("visualize.py", "--ckpt", "old.pt", "--data", "data", "--out", "figs",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("warning: the test images in data are not the ones old.pt")
+    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", "ok", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+# --- Smaller: one line instead of a traceback or a wrong word -------------------------------------
+
+def test_ctrl_c_in_a_download_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(url, path):
+        path.write_bytes(b"8 MB of a download")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cifar, "fetch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cifar.load_or_download(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        cifar.load_or_download(tmp_path / "old")
+    assert list((tmp_path / "old").iterdir()) == []
+
+
+def test_a_stalled_download_times_out_on_a_line_of_its_own(tmp_path, capsys):
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(40):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(TimeoutError, match="under 1 kB/s for 1 s"):
+            cifar.fetch(f"http://127.0.0.1:{server.server_port}/c.tar.gz", tmp_path / "c.part",
+                        stall=1, min_rate=1000)
+    finally:
+        server.shutdown()
+    assert capsys.readouterr().err.endswith("\n")  # the error starts on a line of its own
+
+
+def test_ctrl_c_in_visualize_is_one_line(good_run, tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(visualize, "fig2_conv1_filters", interrupted)
+    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", "figs", cwd=tmp_path)
+    assert_one_line_error(r, "interrupted; nothing partial was written")
+
+
+def test_compare_labels_runs_by_what_differs_and_refuses_a_run_twice(good_run, tmp_path):
+    run = torch.load(good_run / "run.pt", weights_only=True)["args"]
+    other = {**run, "lr": 0.05}
+    assert visualize.labels(["a.pt", "b.pt"], [run, other]) == ["ResNet-18, width 8, lr 0.1",
+                                                                "ResNet-18, width 8, lr 0.05"]
+    assert visualize.labels(["a.pt", "b.pt"], [run, run]) == ["ResNet-18, width 8 (a.pt)",
+                                                              "ResNet-18, width 8 (b.pt)"]
+    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--compare", good_run / "run.pt",
+                "--out", "figs", cwd=tmp_path)
+    assert_one_line_error(r, "is given twice")

@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import cifar
 import visualize
 from conftest import TINY, make_cifar, run_cli
+from resnet18 import describe
 
 FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png"]
@@ -45,8 +47,8 @@ def test_compare_draws_every_run_labelled_by_its_network(tiny_run, tmp_path):
                 "--out", tmp_path, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "fig6_compare.png").read_bytes().startswith(b"\x89PNG")
-    runs = [visualize.checkpoint.load_valid(tiny_run / n)[1] for n in ("run.pt", "plain34.pt")]
-    assert [visualize.checkpoint.describe(r) for r in runs] == ["ResNet-18, width 8",
+    runs = [checkpoint.load_valid(tiny_run / n)[1] for n in ("run.pt", "plain34.pt")]
+    assert [describe(r) for r in runs] == ["ResNet-18, width 8",
                                                                  "plain-34, width 8"]
 
 

@@ -1,0 +1,217 @@
+"""What only a process of its own can show: signals, SIGKILL, a closed or full stdout, two runs on
+one checkpoint, file-size limits, nohup, and each script's `__main__` wiring. Every test here is
+marked slow: `pytest tests --slow` runs them.
+"""
+import random
+import resource
+import shlex
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import TINY, make_cifar, run_process, run_with_fault, start_process, wait_for
+from test_faults import assert_one_line_error
+
+pytestmark = pytest.mark.slow
+RUN = ("--iters", 400, "--eval-every", 20, "--lr-drops", 300, *TINY)  # long enough to kill
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every interrupted one must equal, bit for bit (a process too: the
+    same thread count, so the same sums)."""
+    folder = tmp_path_factory.mktemp("reference")
+    make_cifar(folder / "data")
+    r = run_process("train.py", "--data", folder / "data", *RUN, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    return folder
+
+
+def finish(folder):
+    """Resume (or start, if no checkpoint was left) until the run completes."""
+    again = ["--resume"] if (folder / "run.pt").exists() else ["--data", folder / "data", *RUN]
+    r = run_process("train.py", *again, cwd=folder)
+    assert r.returncode == 0, r.stderr
+
+
+def assert_same_weights(a, b):
+    wa, wb = (torch.load(p, weights_only=True) for p in (a, b))
+    assert wa["iteration"] == wb["iteration"] == 400
+    assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"]), "weights differ"
+    assert all(torch.equal(x, y) for x, y in zip(wa["momentum"], wb["momentum"]))
+
+
+# --- The CLI's wiring: one line, from a real process ------------------------------------------
+
+@pytest.mark.parametrize("script,args,message", [
+    ("train.py", ("--iters", 0), "--iters: must be a positive integer"),
+    ("train.py", ("--data", "missing", *TINY), "missing data_batch_1.bin"),
+    ("visualize.py", ("--ckpt", "missing.pt"), "missing.pt: no such checkpoint file"),
+    ("cifar.py", ("a", "b"), "unrecognized arguments: b")])
+def test_each_scripts_errors_are_one_line(tmp_path, script, args, message):
+    assert_one_line_error(run_process(script, *args, cwd=tmp_path), message)
+
+
+def test_cifar_help_creates_nothing(tmp_path):
+    r = run_process("cifar.py", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("usage: cifar.py")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Stops -------------------------------------------------------------------------------------
+
+def test_a_second_run_on_the_same_checkpoint_fails_at_once_naming_the_first(tiny_data, tmp_path):
+    first = start_process("train.py", "--data", tiny_data, "--iters", 100000, "--eval-every", 0,
+                          *TINY, cwd=tmp_path)
+    wait_for(first, "it ")
+    r = run_process("train.py", "--data", tiny_data, "--iters", 100000, "--eval-every", 0, *TINY,
+                    cwd=tmp_path)
+    assert_one_line_error(r, "run.pt is in use by a running train.py", f"process {first.pid}")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGINT
+    checkpoint.load_valid(tmp_path / "run.pt", resume=True)  # the first run's, whole
+    assert not (tmp_path / "run.pt.lock").exists()
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_sigkill_at_a_random_moment_loses_nothing(reference, tmp_path, trial):
+    make_cifar(tmp_path / "data")
+    proc = start_process("train.py", "--data", tmp_path / "data", *RUN, cwd=tmp_path)
+    wait_for(proc, "ResNet-18")  # training is about to start
+    time.sleep(random.Random(trial).uniform(0.0, 1.5))
+    proc.kill()
+    proc.communicate()
+    if (tmp_path / "run.pt").exists():  # whatever was left behind is a valid checkpoint
+        assert checkpoint.load_valid(tmp_path / "run.pt", resume=True)[0]["iteration"] % 20 == 0
+    finish(tmp_path)
+    assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
+
+
+def test_sigkill_during_a_checkpoint_save(reference, tmp_path):
+    make_cifar(tmp_path / "data")
+    proc = run_with_fault("hang_in_third_save", "train.py", "--data", tmp_path / "data", *RUN,
+                          cwd=tmp_path, popen=True)
+    wait_for(proc, "SAVING")
+    proc.kill()
+    proc.communicate()
+    assert list(tmp_path.glob(".run.pt.*.tmp")), "the kill landed inside the save"
+    assert checkpoint.load_valid(tmp_path / "run.pt", resume=True)[0]["iteration"] == 40
+    finish(tmp_path)
+    assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_saves_and_the_printed_command_continues_exactly(reference, tmp_path, sig):
+    make_cifar(tmp_path / "data")
+    proc = start_process("train.py", "--data", tmp_path / "data", *RUN, cwd=tmp_path)
+    wait_for(proc, "it ")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig and "Traceback" not in err, err
+    it = checkpoint.load_valid(tmp_path / "run.pt", resume=True)[0]["iteration"]
+    head, command = err.strip().split("; continue with: ")
+    assert head == f"{signal.Signals(sig).name}: stopped at iteration {it:,}; run.pt saved"
+    assert 10 <= it < 400
+    python, script, *args = shlex.split(command)
+    assert python == "python" and script.endswith("train.py")
+    r = run_process("train.py", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
+
+
+def test_a_closed_stdout_saves_and_stops_like_a_signal(reference, tmp_path):
+    make_cifar(tmp_path / "data")
+    proc = start_process("train.py", "--data", tmp_path / "data", *RUN, cwd=tmp_path)
+    wait_for(proc, "it ")  # as `train.py | head -2`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGPIPE and "Traceback" not in err, err
+    assert "SIGPIPE: stopped at iteration" in err
+    finish(tmp_path)
+    assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
+
+
+def test_a_full_stdout_saves_stops_and_names_stdout(reference, tmp_path):
+    make_cifar(tmp_path / "data")
+    with open("/dev/full", "w") as full:
+        r = run_process("train.py", "--data", tmp_path / "data", *RUN, cwd=tmp_path,
+                        capture_output=False, stdout=full, stderr=subprocess.PIPE)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: stdout failed (No space left on device): stopped at "
+                               "iteration 0; no checkpoint was written"), r.stderr
+    # A full disk for the log later on: the run saves what it did, and says how to continue.
+    proc = start_process("train.py", "--data", tmp_path / "data", *RUN, cwd=tmp_path)
+    wait_for(proc, "it ")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    with open("/dev/full", "w") as full:
+        r = run_process("train.py", "--resume", cwd=tmp_path, capture_output=False,
+                        stdout=full, stderr=subprocess.PIPE)
+    assert r.returncode == 1 and "stdout failed" in r.stderr and "continue with: " in r.stderr
+    finish(tmp_path)
+    assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
+
+
+def test_a_file_size_limit_is_one_line_and_keeps_the_old_checkpoint(tiny_data, tmp_path):
+    r = run_process("train.py", "--data", tiny_data, "--iters", 10, "--eval-every", 5, *TINY,
+                    cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = (tmp_path / "run.pt").read_bytes()
+    limit = len(before) // 2  # `ulimit -f`: a save larger than this fails inside torch.save
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    r = run_process("train.py", "--resume", "--iters", 20, cwd=tmp_path, preexec_fn=small_files)
+    assert_one_line_error(r, "could not write run.pt", "the previous file, if any, is intact")
+    assert (tmp_path / "run.pt").read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp")), "the partial temporary file is left"
+
+
+def test_sighup_ignored_at_the_start_stays_ignored(tiny_data, tmp_path):
+    def nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    proc = start_process("train.py", "--data", tiny_data, "--iters", 100000, "--eval-every", 0,
+                         *TINY, cwd=tmp_path, preexec_fn=nohup)
+    wait_for(proc, "it ")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert proc.poll() is None, "SIGHUP stopped a run started under nohup"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_ctrl_c_while_loading_data_is_one_line(tmp_path):
+    data = make_cifar(tmp_path / "data", per_batch=10000, n_test=16)  # 150 MB to read
+    proc = start_process("train.py", "--data", data, "--iters", 5, *TINY, cwd=tmp_path)
+    wait_for(proc, "reading CIFAR-10")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert err.strip() == "error: interrupted; nothing partial was written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_the_quick_recipe_interrupted_continues_with_the_printed_command(tiny_data, tmp_path):
+    """The README's sequence: a run, Ctrl-C, the printed command; the same experiment."""
+    quick = ("--data", tiny_data, "--iters", 200, "--width", 8, "--batch", 8, "--lr-drops", 128,
+             "--eval-every", 20, "--no-download", "--device", "cpu")
+    r = run_process("train.py", *quick, "--ckpt", "straight.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    proc = start_process("train.py", *quick, "--ckpt", "quick.pt", cwd=tmp_path)
+    wait_for(proc, "it ")
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    command = shlex.split(err.split("continue with: ")[1])
+    r = run_process("train.py", *command[2:], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "with the run's own settings; learning rate 0.1, divided by 10 at 128" in r.stdout
+    a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("straight.pt", "quick.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
