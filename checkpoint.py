@@ -58,7 +58,8 @@ class Run:
         self.path = Path(args.ckpt)
         self.csv = self.path.with_suffix(".csv")
         self.lock = Path(f"{self.path}.lock")
-        self.last, self.saved_at, self.stopped, self.changes, self.handlers = None, None, None, "", {}
+        self.last, self.saved_at, self.stopped, self.handlers = None, None, None, {}
+        self.changes = ""  # what a resume changes, in words
 
     def __enter__(self):
         self.check_place()

@@ -8,14 +8,19 @@ compares runs. For a run of --width w (the paper's 64):
     fig5_deconvnet.png        deconvnet reconstructions (Zeiler & Fergus 2014): from all of
                               conv1 and of conv5_x, as the study draws them, then channel by channel
     fig6_compare.png          with --compare: the learning curves of several runs on shared axes
+    fig7_localize.png         does the network look at the object? Occlusion (Zeiler & Fergus
+                              §4.2), Grad-CAM and the guided projection, for the --image and the
+                              first test image of every other class, and the image again with
+                              random weights (the sanity check of Adebayo et al. 2018)
 
-Figures 3-5 need a test image: from --data, or else from the data folder the run was trained
+Figures 3-5 and 7 need a test image: from --data, or else from the data folder the run was trained
 on; without either, only Figures 1-2 are drawn. `--top9 conv5_x:7` also draws the nine test
 images that most activate a channel beside their projections (Zeiler & Fergus, Fig. 2).
 
     python visualize.py --ckpt run.pt                    # writes figures/fig*.png
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --out figures
     python visualize.py --ckpt run.pt --compare plain.pt # adds fig6_compare.png
+    python visualize.py --ckpt run.pt --sanity 10        # + the randomisation test's table
 """
 import argparse
 import math
@@ -29,6 +34,7 @@ import torch
 
 import checkpoint
 import cifar
+import localize
 import study
 from deconvnet import project
 from resnet18 import STAGES, WIDTHS, build, describe
@@ -36,7 +42,7 @@ from resnet18 import STAGES, WIDTHS, build, describe
 matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
 TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
 FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
-           "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png")
+           "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png", "fig7_localize.png")
 
 
 def get_args(argv=None):
@@ -56,6 +62,13 @@ def get_args(argv=None):
                         "conv5_x 8w, for --width w)")
     p.add_argument("--compare", nargs="+", metavar="CKPT", default=[],
                    help="other checkpoints, drawn with --ckpt in fig6_compare.png")
+    p.add_argument("--figures", type=int, nargs="+", choices=range(1, 8), metavar="K",
+                   default=list(range(1, 8)),
+                   help="which figures to draw, e.g. --figures 1 7 (default all; 6 only with "
+                        "--compare)")
+    p.add_argument("--sanity", type=int, default=0, metavar="N",
+                   help="also print the randomisation test of every Figure 7 map over the first N "
+                        "test images of each class (default 0: not run; 10 takes a minute)")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda or cuda:N (default auto: CUDA when available)")
     args = p.parse_args(argv)
@@ -291,6 +304,93 @@ def top9(model, test_x, layer, channel, out):
     save(fig, Path(out) / f"top9_{layer}_{channel}.png")
 
 
+def localize_maps(model, x, target):
+    """Figure 7's maps of one image for one network: occlusion of the class, occlusion of the
+    strongest conv5_x channel (relative to its unoccluded total), Grad-CAM (32 x 32, for
+    display), the guided projection from conv5_x; and the class probability unoccluded."""
+    with torch.no_grad():
+        prob = model(x).softmax(1)[0, target].item()
+        act = model.features(x)["conv5_x"][0].sum((1, 2))  # (C,) total per channel
+    channel = int(act.argmax())
+    cam = localize.gradcam(model, x, target)  # (4, 4)
+    return {"occlusion": localize.occlusion(model, x, target),
+            "feature": localize.occlusion_feature(model, x, "conv5_x", channel)
+            / act[channel].clamp(min=1e-12),
+            "gradcam": torch.nn.functional.interpolate(cam[None, None], size=x.shape[-2:],
+                                                       mode="bilinear")[0, 0],
+            "guided": project(model, x, "conv5_x", guided=True),
+            "channel": channel, "prob": prob}
+
+
+def fig7_localize(model, test_x, test_y, index, path):
+    """Rows: the --image on the trained network, the same on random weights, then the first
+    test image of every other class. Columns: input, occlusion of the true class, occlusion of
+    the strongest conv5_x channel, Grad-CAM over the image, guided projection from conv5_x."""
+    p = next(model.parameters())
+    fresh = localize.reinitialised(model)
+    others = [int(np.flatnonzero(test_y == c)[0]) for c in range(10)
+              if c != test_y[index] and (test_y == c).any()]
+    rows = [(model, index, "trained"), (fresh, index, "random weights")] + \
+        [(model, i, "trained") for i in others]
+    titles = ["input", "P(true class), square over\neach place: 0 dark, 1 bright",
+              "strongest conv5_x channel,\nshare of its total: 0 dark, 1 bright",
+              "Grad-CAM at conv5_x,\nshare of its max: 0 dark, 1 bright",
+              "guided projection from\nall of conv5_x (grey = 0)"]
+    fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows)), layout="constrained")
+    for (net, i, kind), row in zip(rows, axes):
+        x = cifar.normalize(torch.as_tensor(test_x[i:i + 1]).to(p.device))
+        m = localize_maps(net, x, int(test_y[i]))
+        name = cifar.CLASSES[test_y[i]]
+        row[0].imshow(show(x)[0], interpolation="nearest")
+        row[0].set_ylabel(f"test image {i} ({name}),\n{kind}:\nP({name}) = {m['prob']:.2f}",
+                          fontsize=8)
+        row[1].imshow(m["occlusion"].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+        row[1].set_xlabel(f"lowest {m['occlusion'].min():.2f}", fontsize=8)
+        row[2].imshow(m["feature"].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+        row[2].set_xlabel(f"channel {m['channel']}", fontsize=8)
+        row[3].imshow(show(x)[0].mean(2), cmap="gray", interpolation="nearest")
+        cam = m["gradcam"].cpu()
+        row[3].imshow((cam / cam.max().clamp(min=1e-12)).numpy(), cmap="inferno", vmin=0, vmax=1,
+                      alpha=0.6)
+        row[4].imshow(contrast(m["guided"])[0], interpolation="nearest")
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=8)
+    fig.suptitle("Does the network look at the object? Occlusion (Zeiler & Fergus §4.2: 8 x 8 "
+                 "grey square, stride 2), Grad-CAM, guided backpropagation;\nrow 2: the same "
+                 "architecture with random weights (Adebayo et al. 2018)", fontsize=10)
+    save(fig, path)
+
+
+def sanity(model, test_x, test_y, per_class):
+    """The randomisation test: Spearman's rho between each Figure 7 map on the trained network
+    and on random weights, over the first `per_class` test images of every class; markdown."""
+    p = next(model.parameters())
+    fresh = localize.reinitialised(model)
+    picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:per_class]]
+    rho = {k: [] for k in ("deconvnet", "guided", "occlusion", "gradcam")}
+    for i in picks:
+        x = cifar.normalize(torch.as_tensor(test_x[i:i + 1]).to(p.device))
+        a, b = (localize_maps(net, x, int(test_y[i])) for net in (model, fresh))
+        a["deconvnet"], b["deconvnet"] = (project(net, x, "conv5_x") for net in (model, fresh))
+        for k in rho:
+            if k in ("deconvnet", "guided"):  # a pixel map: the size of the projection
+                a[k], b[k] = a[k][0].abs().sum(0), b[k][0].abs().sum(0)
+            rho[k].append(localize.spearman(a[k], b[k]))
+    lines = [f"Randomisation test over {len(picks)} test images (the first {per_class} of each "
+             f"class): Spearman's rho between each map on the trained network and on random "
+             f"weights",
+             "| Map | rho, mean ± std | images with a constant map (rho undefined) |",
+             "|---|---:|---:|"]
+    for k, values in rho.items():
+        v = torch.tensor(values, dtype=torch.float64)
+        ok = v[~v.isnan()]
+        lines.append(f"| {k} | {ok.mean():.2f} ± {ok.std():.2f} | {int(v.isnan().sum())} |")
+    return "\n".join(lines)
+
+
 def labels(paths, runs):
     """A legend entry per run: its network, the settings in which the runs differ, and its
     file where two entries would still read the same."""
@@ -324,7 +424,8 @@ def main(argv=None):
             print(f"warning: {wrong}; the figures show these images", file=sys.stderr)
 
     out = Path(args.out)
-    check_out([out / name for name in FIGURES] + [out / f"top9_{'_'.join(map(str, spec))}.png"
+    want = set(args.figures)
+    check_out([out / FIGURES[k - 1] for k in want] + [out / f"top9_{'_'.join(map(str, spec))}.png"
                                                   for _ in [spec] if spec])
     model = build(run, ckpt["model"], device).eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -332,16 +433,18 @@ def main(argv=None):
     print(f"{args.ckpt}: {describe(run)} at iteration {ckpt['iteration']:,}")
     print(f"Table 1 of this run, beside the study's:\n{study.table(history)}" if history else
           "no evaluation in this checkpoint yet: no Table 1, no Figure 1")
-    if history:
+    if history and 1 in want:
         fig1_learning_curve(history, run, out / "fig1_learning_curve.png")
-    fig2_conv1_filters(model, out / "fig2_conv1_filters.png")
-    if args.compare:
+    if 2 in want:
+        fig2_conv1_filters(model, out / "fig2_conv1_filters.png")
+    if args.compare and 6 in want:
         runs = [run] + [r for _, r in others]
         fig6_compare(list(zip(labels(paths, runs), [ckpt["history"]] +
                               [c["history"] for c, _ in others])), out / "fig6_compare.png")
     if data is None:
-        print(f"Figures 3-5 (feature maps, deconvnet) and --top9 need test images, and the "
-              f"run's data folder ({run['data']}) has none: pass --data with the CIFAR-10 folder")
+        print(f"Figures 3-5 and 7 (feature maps, deconvnet, localisation) and --top9 need test "
+              f"images, and the run's data folder ({run['data']}) has none: pass --data with the "
+              f"CIFAR-10 folder")
         return 0
     if args.data is None:
         print(f"test images from {data}, the run's --data")
@@ -350,13 +453,20 @@ def main(argv=None):
     label = f"test image {index} ({cifar.CLASSES[test_y[index]]})"
     with torch.no_grad():
         feats = model.features(x)
-    fig3_conv1_maps(x, feats, label, out / "fig3_conv1_maps.png")
-    blank = fig4_conv5_maps(feats, label, out / "fig4_conv5_maps.png")
-    print(f"conv5_x: {blank} of {feats['conv5_x'].shape[1]} feature maps of {label} are blank "
-          f"(all zero)")
-    fig5_deconvnet(model, x, feats, out / "fig5_deconvnet.png")
+    if 3 in want:
+        fig3_conv1_maps(x, feats, label, out / "fig3_conv1_maps.png")
+    if 4 in want:
+        blank = fig4_conv5_maps(feats, label, out / "fig4_conv5_maps.png")
+        print(f"conv5_x: {blank} of {feats['conv5_x'].shape[1]} feature maps of {label} are "
+              f"blank (all zero)")
+    if 5 in want:
+        fig5_deconvnet(model, x, feats, out / "fig5_deconvnet.png")
     if spec:
         top9(model, test_x, *spec, out)
+    if 7 in want:
+        fig7_localize(model, test_x.numpy(), test_y, index, out / "fig7_localize.png")
+    if args.sanity:
+        print(sanity(model, test_x.numpy(), test_y, args.sanity))
     return 0
 
 

@@ -434,8 +434,8 @@ def test_a_malformed_checkpoint_is_refused_by_resume(good_run, tmp_path, field, 
 
 
 @pytest.mark.parametrize("field,make,message", cases(MALFORMED, {
-    ("model", "None"), ("model", "NaN"), ("iteration", "fractional"), ("history", "iteration 10**9"),
-    ("args", "a huge width")}))
+    ("model", "None"), ("model", "NaN"), ("iteration", "fractional"),
+    ("history", "iteration 10**9"), ("args", "a huge width")}))
 def test_a_malformed_checkpoint_is_refused_by_visualize(good_run, tmp_path, field, make, message):
     malformed(good_run / "run.pt", tmp_path / "bad.pt", make)
     before = files(tmp_path)
@@ -559,14 +559,16 @@ def test_visualize_never_writes_through_a_link_or_over_a_checkpoint(good_run, tm
     (tmp_path / "out" / "fig1_learning_curve.png").write_bytes((good_run / "run.pt").read_bytes())
     before = files(tmp_path)
     for out in ("figs", "out"):
-        r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", out, cwd=tmp_path)
+        r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", out, "--figures", 1,
+                    2, cwd=tmp_path)
         assert_one_line_error(r, "exists and is not a PNG figure; it was left alone")
     assert files(tmp_path) == before
     # A link to a figure is replaced by the new figure; the file it pointed to is left alone.
     (tmp_path / "old.png").write_bytes(b"\x89PNG old")
     (tmp_path / "figs" / "fig2_conv1_filters.png").unlink()
     (tmp_path / "figs" / "fig2_conv1_filters.png").symlink_to(tmp_path / "old.png")
-    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", "figs", cwd=tmp_path)
+    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", "figs", "--figures", 2,
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "old.png").read_bytes() == b"\x89PNG old"
     assert not (tmp_path / "figs" / "fig2_conv1_filters.png").is_symlink()
@@ -605,10 +607,11 @@ def test_visualize_draws_only_the_runs_test_images_unless_told(good_run, tmp_pat
                           "pass --data")
     assert not (tmp_path / "figs").exists()
     r = run_cli("visualize.py", "--ckpt", "old.pt", "--data", "data", "--out", "figs",
-                cwd=tmp_path)
+                "--figures", 3, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("warning: the test images in data are not the ones old.pt")
-    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", "ok", cwd=tmp_path)
+    r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--out", "ok", "--figures", 3,
+                cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 

@@ -104,7 +104,8 @@ def test_cli_writes_checkpoint_csv_and_table(tiny_data, tmp_path):
     r = run_cli("train.py", "--data", tiny_data, "--iters", 20, "--eval-every", 10,
                 "--lr-drops", 15, *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "| Iterations | 10 | 20 |" in r.stdout and "| Study test accuracy (%) | - | - |" in r.stdout
+    assert "| Iterations | 10 | 20 |" in r.stdout
+    assert "| Study test accuracy (%) | - | - |" in r.stdout
     assert "it     10/20 |" in r.stdout and " left " in r.stdout  # the first log line: at 10
     ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
     assert (ckpt["iteration"], ckpt["args"]["width"], ckpt["args"]["lr_drops"]) == (20, 8, [15])

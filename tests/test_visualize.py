@@ -10,7 +10,7 @@ from conftest import TINY, make_cifar, run_cli
 from resnet18 import describe
 
 FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
-           "fig4_conv5_maps.png", "fig5_deconvnet.png"]
+           "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig7_localize.png"]
 
 
 @pytest.fixture(scope="module")
@@ -24,27 +24,31 @@ def tiny_run(tmp_path_factory):
     return folder
 
 
-def test_cli_writes_all_five_figures(tiny_run, tmp_path):
+def test_cli_writes_every_figure_and_the_sanity_table(tiny_run, tmp_path):
     r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--data", tiny_run / "data",
-                "--image", 3, "--out", tmp_path / "figs", "--top9", "conv5_x:2", cwd=tmp_path)
+                "--image", 3, "--out", tmp_path / "figs", "--top9", "conv5_x:2", "--sanity", 1,
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for name in FIGURES + ["top9_conv5_x_2.png"]:
         png = (tmp_path / "figs" / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000, name
     assert "| Iterations |" in r.stdout and "feature maps of test image 3" in r.stdout
+    assert "Randomisation test over 10 test images (the first 1 of each class)" in r.stdout
+    for method in ("deconvnet", "guided", "occlusion", "gradcam"):
+        assert f"| {method} | " in r.stdout
 
 
 def test_image_by_class_name_is_the_first_test_image_of_that_class(tiny_run, tmp_path):
     first_ship = int(np.flatnonzero(cifar.load_cifar10(tiny_run / "data", train=False)[1] == 8)[0])
     r = run_cli("visualize.py", "--ckpt", tiny_run / "plain34.pt", "--image", "ship",
-                "--out", tmp_path, cwd=tmp_path)
+                "--out", tmp_path, "--figures", 4, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"feature maps of test image {first_ship} (ship)" in r.stdout
 
 
 def test_compare_draws_every_run_labelled_by_its_network(tiny_run, tmp_path):
     r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--compare", tiny_run / "plain34.pt",
-                "--out", tmp_path, cwd=tmp_path)
+                "--out", tmp_path, "--figures", 6, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "fig6_compare.png").read_bytes().startswith(b"\x89PNG")
     runs = [checkpoint.load_valid(tiny_run / n)[1] for n in ("run.pt", "plain34.pt")]
