@@ -673,3 +673,16 @@ def test_compare_labels_runs_by_what_differs_and_refuses_a_run_twice(good_run, t
     r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--compare", good_run / "run.pt",
                 "--out", "figs", cwd=tmp_path)
     assert_one_line_error(r, "is given twice")
+
+
+def test_weights_without_the_state_to_resume_are_drawn_but_not_resumed(good_run, tmp_path):
+    ckpt = torch.load(good_run / "run.pt", weights_only=True)
+    del ckpt["momentum"], ckpt["loader"]  # as docs/resnet18-w16.pt is shipped
+    torch.save(ckpt, tmp_path / "weights.pt")
+    before = files(tmp_path)
+    r = run_cli("train.py", "--resume", "--ckpt", "weights.pt", cwd=tmp_path)
+    assert_one_line_error(r, "weights.pt holds the weights of a run, not the state to resume it")
+    assert files(tmp_path) == before
+    r = run_cli("visualize.py", "--ckpt", "weights.pt", "--out", "figs", "--figures", 1, 2,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
