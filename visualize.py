@@ -191,7 +191,9 @@ def fig2_conv1_filters(model, path):
 
 
 def fig3_conv1_maps(x, feats, label, path):
+    """The image and its conv1 maps; returns how many maps are blank (all zero)."""
     maps = feats["conv1"][0].float().cpu().numpy()  # (C, 32, 32)
+    blank = int((maps.reshape(len(maps), -1).max(1) == 0).sum())
     maps = maps / maps.reshape(len(maps), -1).max(1).clip(min=1e-12)[:, None, None]  # each alone
     fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
     axes[0].imshow(show(x)[0], interpolation="nearest")
@@ -199,10 +201,11 @@ def fig3_conv1_maps(x, feats, label, path):
     cmap = plt.get_cmap("gray").with_extremes(bad="white")
     axes[1].imshow(grid(maps, math.ceil(math.sqrt(len(maps)))), cmap=cmap, interpolation="nearest")
     axes[1].set(title=f"its {len(maps)} conv1 feature maps, {maps.shape[1]} x {maps.shape[2]} "
-                      f"(each scaled alone)")
+                      f"(each scaled alone); {blank} blank (all zero, black)")
     for ax in axes:
         ax.axis("off")
     save(fig, path)
+    return blank
 
 
 def fig4_conv5_maps(feats, label, path):
@@ -283,7 +286,7 @@ def fig6_compare(runs, path):
     save(fig, path)
 
 
-def top9(model, test_x, layer, channel, out):
+def top9(model, test_x, test_y, layer, channel, out):
     p = next(model.parameters())
     strength = []  # per test image, the channel's strongest activation
     with torch.no_grad():
@@ -291,6 +294,8 @@ def top9(model, test_x, layer, channel, out):
             act = model.features(cifar.normalize(test_x[i:i + 500].to(p.device)))[layer]
             strength.append(act[:, channel].flatten(1).amax(1))  # (B, C, h, w) -> (B,)
     idx = torch.cat(strength).argsort(descending=True)[:9]
+    names = [cifar.CLASSES[test_y[i]] for i in idx.tolist()]
+    print(f"top9 {layer}:{channel}: test images {idx.tolist()} ({', '.join(names)})")
     x = cifar.normalize(test_x[idx].to(p.device))  # (9, 3, 32, 32)
     recons = contrast(project(model, x, layer, channel, keep="max"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
@@ -300,7 +305,8 @@ def top9(model, test_x, layer, channel, out):
     axes[1].set_title("the test images")
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(f"The 9 test images that most activate {layer} channel {channel}")
+    fig.suptitle(f"The 9 test images that most activate {layer} channel {channel}: "
+                 f"{', '.join(names)}")
     save(fig, Path(out) / f"top9_{layer}_{channel}.png")
 
 
@@ -454,7 +460,9 @@ def main(argv=None):
     with torch.no_grad():
         feats = model.features(x)
     if 3 in want:
-        fig3_conv1_maps(x, feats, label, out / "fig3_conv1_maps.png")
+        blank = fig3_conv1_maps(x, feats, label, out / "fig3_conv1_maps.png")
+        print(f"conv1: {blank} of {feats['conv1'].shape[1]} feature maps of {label} are blank "
+              f"(all zero)")
     if 4 in want:
         blank = fig4_conv5_maps(feats, label, out / "fig4_conv5_maps.png")
         print(f"conv5_x: {blank} of {feats['conv5_x'].shape[1]} feature maps of {label} are "
@@ -462,7 +470,7 @@ def main(argv=None):
     if 5 in want:
         fig5_deconvnet(model, x, feats, out / "fig5_deconvnet.png")
     if spec:
-        top9(model, test_x, *spec, out)
+        top9(model, test_x, test_y, *spec, out)
     if 7 in want:
         fig7_localize(model, test_x.numpy(), test_y, index, out / "fig7_localize.png")
     if args.sanity:
