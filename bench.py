@@ -12,6 +12,7 @@ the median ratio, the data pipeline's share of a step of (b), and the peak memor
 import argparse
 import resource
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import cifar
+import checkpoint
 from checkpoint import pick_device
 from resnet18 import ResNet18
 from train import train_step
@@ -52,7 +54,7 @@ def timed(fn, steps, device):
     return time.perf_counter() - t
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
@@ -64,7 +66,7 @@ def main():
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the project's model (on CUDA: mode reduce-overhead, "
                         "CUDA graphs)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = pick_device(args.device)
     g = torch.Generator().manual_seed(0)  # the images' content does not matter
     images = torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -128,4 +130,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(checkpoint.cli(main))

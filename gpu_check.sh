@@ -59,7 +59,7 @@ if [ $tests = 0 ] && grep -q "speed-up" "$OUT/bench--compile.log"; then FAST="--
 RESUME=""; [ -f "$OUT/study.pt" ] && RESUME="--resume"
 timeout -s TERM "${STUDY_SECONDS:-300}" $PY train.py --data "$DATA" --no-download --iters 50000 \
   --batch 32 --ckpt "$OUT/study.pt" $FAST $RESUME > "$OUT/study.log" 2>&1
-echo "train.py exit status $? (143: stopped by the time limit and saved; continue with --resume)"
+echo "train.py exit status $? (124: stopped by the time limit, and saved; continue with --resume)"
 tail -3 "$OUT/study.log"
 $PY -c "
 import checkpoint, study, resnet18

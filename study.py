@@ -23,6 +23,8 @@ def table(history):
     """Table 1 in the study's layout, iterations as columns: every 10,000th iteration and the
     last one, or every evaluation of a run too short for two such columns. `history` is a list
     of rows with iteration, train_acc and test_acc (%)."""
+    if not history:
+        return "no evaluation yet: no Table 1"
     cols = [h for h in history if h["iteration"] % TABLE_EVERY == 0 or h is history[-1]]
     if len(cols) < 2:
         cols = history
