@@ -637,10 +637,13 @@ def test_a_stalled_download_times_out_on_a_line_of_its_own(tmp_path, capsys):
             self.send_response(200)
             self.send_header("Content-Length", "1000000")
             self.end_headers()
-            for _ in range(40):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.1)
+            try:
+                for _ in range(40):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up: what the test waits for
+                pass
 
         def log_message(self, *args):
             pass
