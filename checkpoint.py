@@ -381,7 +381,7 @@ ARGS = {  # train.py's settings in a checkpoint: the check, and what it asks for
                  "a list of positive integers"),
     "data": (lambda v: isinstance(v, str), "a folder name"),
 }
-OLD_ARGS = {"depth": 18, "plain": False}  # what a checkpoint from before these flags means
+OLD_ARGS = {"depth": 18, "plain": False, "eval_every": 1000}  # what older checkpoints mean
 
 
 def validate(ckpt, path, resume=False):

@@ -312,18 +312,16 @@ def top9(model, test_x, test_y, layer, channel, out):
 
 def localize_maps(model, x, target):
     """Figure 7's maps of one image for one network: occlusion of the class, occlusion of the
-    strongest conv5_x channel (relative to its unoccluded total), Grad-CAM (32 x 32, for
-    display), the guided projection from conv5_x; and the class probability unoccluded."""
+    strongest conv5_x channel (relative to its unoccluded total), Grad-CAM (4 x 4), the guided
+    projection from conv5_x; and the class probability unoccluded."""
     with torch.no_grad():
         prob = model(x).softmax(1)[0, target].item()
         act = model.features(x)["conv5_x"][0].sum((1, 2))  # (C,) total per channel
     channel = int(act.argmax())
-    cam = localize.gradcam(model, x, target)  # (4, 4)
     return {"occlusion": localize.occlusion(model, x, target),
             "feature": localize.occlusion_feature(model, x, "conv5_x", channel)
             / act[channel].clamp(min=1e-12),
-            "gradcam": torch.nn.functional.interpolate(cam[None, None], size=x.shape[-2:],
-                                                       mode="bilinear")[0, 0],
+            "gradcam": localize.gradcam(model, x, target),  # (4, 4)
             "guided": project(model, x, "conv5_x", guided=True),
             "channel": channel, "prob": prob}
 
@@ -355,7 +353,8 @@ def fig7_localize(model, test_x, test_y, index, path):
         row[2].imshow(m["feature"].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
         row[2].set_xlabel(f"channel {m['channel']}", fontsize=8)
         row[3].imshow(show(x)[0].mean(2), cmap="gray", interpolation="nearest")
-        cam = m["gradcam"].cpu()
+        cam = torch.nn.functional.interpolate(m["gradcam"][None, None], size=x.shape[-2:],
+                                              mode="bilinear")[0, 0].cpu()  # for display
         row[3].imshow((cam / cam.max().clamp(min=1e-12)).numpy(), cmap="inferno", vmin=0, vmax=1,
                       alpha=0.6)
         row[4].imshow(contrast(m["guided"])[0], interpolation="nearest")
@@ -431,8 +430,8 @@ def main(argv=None):
 
     out = Path(args.out)
     want = set(args.figures)
-    check_out([out / FIGURES[k - 1] for k in want] + [out / f"top9_{'_'.join(map(str, spec))}.png"
-                                                  for _ in [spec] if spec])
+    check_out([out / FIGURES[k - 1] for k in want]
+              + ([out / f"top9_{spec[0]}_{spec[1]}.png"] if spec else []))
     model = build(run, ckpt["model"], device).eval()
     out.mkdir(parents=True, exist_ok=True)
     history = ckpt["history"]

@@ -181,7 +181,7 @@ def test_a_checkpoint_of_an_older_version_still_resumes(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
     ckpt["data"] = ckpt.pop("data_fingerprint")  # as written before depth, plain and the rename
-    del ckpt["args"]["depth"], ckpt["args"]["plain"]
+    del ckpt["args"]["depth"], ckpt["args"]["plain"], ckpt["args"]["eval_every"]
     torch.save(ckpt, tmp_path / "run.pt")
     r = run_cli("train.py", "--data", tiny_data, "--iters", 20, *TINY, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
