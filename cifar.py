@@ -15,15 +15,16 @@ import argparse
 import functools
 import hashlib
 import shutil
-import stat
 import sys
 import tarfile
-import time
+import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
+
+import checkpoint
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -33,9 +34,8 @@ TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILES = ("test_batch.bin",)
 RECORD_BYTES = 1 + 3 * 32 * 32
 MAX_RECORDS = 60000  # all of CIFAR-10; a file larger than that is not a CIFAR-10 batch
-# Per-channel mean and standard deviation of the 50,000 training images, pixels scaled to
-# [0, 1] (computed over all 50,000 x 32 x 32 pixels of each channel; the figures are the
-# ones used throughout the CIFAR literature). The test set is normalised with the same.
+# Per-channel mean and standard deviation of the 50,000 training images' pixels in [0, 1], as
+# used throughout the CIFAR literature; the test set is normalised with the same.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
@@ -43,26 +43,18 @@ STD = (0.2470, 0.2435, 0.2616)
 def read_batch(path):
     """One binary batch file -> (images uint8 (N, 3, 32, 32), labels int64 (N,))."""
     path = Path(path)
-    mode = path.stat().st_mode
-    if stat.S_ISDIR(mode):
-        raise ValueError(f"{path}: a folder, where a CIFAR-10 batch file should be")
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{path}: not a regular file (a pipe or a device?), where a CIFAR-10 "
-                         f"batch file should be")
-    if path.stat().st_size > MAX_RECORDS * RECORD_BYTES:
-        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, more than all of CIFAR-10 "
-                         f"({MAX_RECORDS:,} records of {RECORD_BYTES} bytes)")
-    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-    if raw.size == 0:
-        raise ValueError(f"{path}: empty file, expected {RECORD_BYTES}-byte CIFAR-10 records")
-    if raw.size % RECORD_BYTES:
-        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of {RECORD_BYTES}-byte "
-                         f"records (truncated or extra bytes?)")
-    records = raw.reshape(-1, RECORD_BYTES)  # (N, 3073)
+    if not path.is_file():
+        raise ValueError(f"{path}: a folder, a pipe or a device, where a CIFAR-10 batch file "
+                         f"should be")
+    size = path.stat().st_size
+    if not 0 < size <= MAX_RECORDS * RECORD_BYTES or size % RECORD_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes, not a whole number (1 to {MAX_RECORDS:,}) of "
+                         f"{RECORD_BYTES}-byte CIFAR-10 records (truncated or extra bytes?)")
+    records = np.frombuffer(path.read_bytes(), dtype=np.uint8).reshape(-1, RECORD_BYTES)
     labels = records[:, 0].astype(np.int64)  # (N,)
-    bad = np.flatnonzero(labels > 9)
-    if bad.size:
-        raise ValueError(f"{path}: record {bad[0]} has label {labels[bad[0]]}, expected 0-9")
+    if labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise ValueError(f"{path}: record {bad} has label {labels[bad]}, expected 0-9")
     images = records[:, 1:].reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, 3, 32, 32): R, G, B planes
     return images.copy(), labels
 
@@ -93,109 +85,69 @@ def load_or_download(root, download=True):
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ValueError(f"--data {root}: a file, not a folder")
-    folder = find_folder(root)
-    if download and not any((folder / n).exists() for n in TRAIN_FILES + TEST_FILES):
+    if download and not any((find_folder(root) / n).exists() for n in TRAIN_FILES + TEST_FILES):
         created = not root.exists()
         try:
             download_cifar10(root)
-        except BaseException as e:  # Ctrl-C too
-            if created:  # leave no folder behind a mistyped --data
+        except BaseException as e:  # Ctrl-C too: no folder is left behind a mistyped --data
+            if created:
                 shutil.rmtree(root, ignore_errors=True)
-            if not isinstance(e, (OSError, ValueError)):
-                raise
-            raise type(e)(f"no CIFAR-10 files in {root}, so a download was tried: {e}") from None
+            if isinstance(e, (OSError, ValueError)):
+                raise type(e)(f"no CIFAR-10 files in {root}, so a download was tried: {e}") \
+                    from None
+            raise
     return (*load_cifar10(root, train=True), *load_cifar10(root, train=False))
 
 
-def _safe_extract(archive, dest):
-    """Extract a tar archive into `dest`, refusing any member that would land outside it."""
-    dest = dest.resolve()
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for m in tar.getmembers():
-                target = (dest / m.name).resolve()
-                unsafe = not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() \
-                    or not target.is_relative_to(dest)
-                if unsafe:
-                    raise ValueError(f"{archive}: refusing unsafe member {m.name!r} (links, "
-                                     f"absolute "
-                                     f"paths and paths outside the folder are not extracted)")
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 checks again, and drops modes
-                tar.extractall(dest, filter="data")
-            else:
-                tar.extractall(dest)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"{archive}: could not extract it ({e})") from None
-
-
-def fetch(url, path, stall=60, min_rate=10_000):
-    """Download `url` into a new file `path`, with progress on stderr once a second; a server
-    that sends under `min_rate` bytes/s over `stall` seconds counts as gone (a TimeoutError)."""
-    with urllib.request.urlopen(url, timeout=stall) as r, open(path, "wb") as f:
+def fetch(url, path, timeout=60):
+    """Download `url` into `path`, with progress on stderr; a server silent for `timeout`
+    seconds is gone (urlopen's socket timeout raises TimeoutError)."""
+    with urllib.request.urlopen(url, timeout=timeout) as r, open(path, "wb") as f:
         total, done = int(r.headers.get("Content-Length") or 0), 0
-        shown = mark = time.time()
-        mark_done = 0
         try:
             while chunk := r.read1(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                now = time.time()
-                if now - shown >= 1:
-                    print(f"\rdownloading {url}: {done >> 20} / {total >> 20} MiB", end="",
-                          file=sys.stderr, flush=True)
-                    shown = now
-                if now - mark >= stall:
-                    if done - mark_done < min_rate * stall:
-                        raise TimeoutError(f"under {min_rate // 1000} kB/s for {stall} s")
-                    mark, mark_done = now, done
+                done += f.write(chunk)
+                print(f"\rdownloading {url}: {done >> 20} / {total >> 20} MiB", end="",
+                      file=sys.stderr, flush=True)
         finally:
             print(file=sys.stderr)  # error lines start on a line of their own
 
 
 def download_cifar10(root, url=URL, md5=MD5):
     """Fetch, check and extract CIFAR-10 into `root/cifar-10-batches-bin`; return that folder.
-
     An archive already in `root` (fetched by hand) is used instead of the network. Nothing is
-    put in place unless the MD5 matches and every member extracts inside `root`.
-    """
+    put in place unless the MD5 matches and tarfile's "data" filter passes every member (no
+    links out, no absolute paths, nothing outside the folder); the temporary folder that holds
+    the download and the extraction goes, whatever happens."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     archive = root / Path(url).name
-    if archive.exists() and not archive.is_file():
-        raise ValueError(f"{archive}: not a file, where the CIFAR-10 archive would be; "
-                         f"move it away and try again")
-    fetched = not archive.exists()
-    if fetched:
-        archive = root / (Path(url).name + ".part")
-        try:
-            fetch(url, archive)
-        except BaseException as e:  # Ctrl-C too: no partial file is left
-            archive.unlink(missing_ok=True)
-            if not isinstance(e, OSError):
-                raise
-            raise ConnectionError(f"could not download {url} ({getattr(e, 'reason', e)}); "
-                                  f"fetch it by hand and put it in {root}/ (the .tar.gz or the "
-                                  f"extracted {FOLDER} folder)") from None
-    try:
+    with tempfile.TemporaryDirectory(dir=root, prefix=".cifar-download-") as tmp:
+        if not archive.exists():
+            archive = Path(tmp) / archive.name
+            try:
+                fetch(url, archive)
+            except OSError as e:
+                raise ConnectionError(f"could not download {url} ({getattr(e, 'reason', e)}); "
+                                      f"fetch it by hand and put it in {root}/ (the .tar.gz or "
+                                      f"the extracted {FOLDER} folder)") from None
         digest = hashlib.md5(archive.read_bytes()).hexdigest()
         if digest != md5:
-            raise ValueError(f"{archive}: MD5 is {digest}, expected {md5} (corrupt or "
-                             f"incomplete download); "
-                             + ("it was removed" if fetched else "delete it and try again"))
-        tmp = root / (FOLDER + ".extracting")
-        shutil.rmtree(tmp, ignore_errors=True)
+            raise ValueError(f"{archive.name}: MD5 is {digest}, expected {md5} (corrupt or "
+                             f"incomplete download; delete it and try again)")
         try:
-            _safe_extract(archive, tmp)
-            if not (tmp / FOLDER).is_dir():
-                raise ValueError(f"{archive}: has no {FOLDER} folder; is it the binary "
-                                 f"version of CIFAR-10?")
-            (tmp / FOLDER).replace(root / FOLDER)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if fetched:
-            archive.unlink(missing_ok=True)
+            with tarfile.open(archive, "r:*") as tar:
+                tar.extractall(Path(tmp) / "x", filter="data")
+            (Path(tmp) / "x" / FOLDER).replace(root / FOLDER)
+        except (tarfile.TarError, EOFError, FileNotFoundError) as e:  # FilterError: a TarError
+            raise ValueError(f"{archive.name}: could not extract it (an unsafe member, a "
+                             f"truncated archive, or no {FOLDER} folder: {e})") from None
     return root / FOLDER
+
+
+def fingerprint(*arrays):
+    """A short hash of the data, so that a resume or a figure can tell other images."""
+    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:16]
 
 
 @functools.cache
@@ -208,23 +160,19 @@ def _mean_std(device):
 
 def normalize(images):
     """uint8 (B, 3, H, W) -> float32 (B, 3, H, W), standardised per channel with MEAN and STD,
-    in channels_last memory order (the layout the model is kept in: the fast one for its
-    convolutions). Every image the model sees passes here."""
+    in channels_last memory order (the model's fast layout). Every image the model sees."""
     mean, std = _mean_std(images.device)
     return (images.contiguous(memory_format=torch.channels_last).float() - mean) / std
 
 
 def augment(images, generator):
-    """Random 32 x 32 crops of the zero-padded images, each mirrored with probability 0.5.
-
+    """Random 32 x 32 crops of the zero-padded images, each mirrored with probability 0.5:
     uint8 (B, 3, 32, 32) -> uint8 (B, 3, 32, 32). One gather does crop and flip for the whole
     batch: output pixel (i, j) of image b is padded pixel (dy_b + i, dx_b + j), or
-    (dy_b + i, dx_b + 31 - j) when b is flipped.
-    """
+    (dy_b + i, dx_b + 31 - j) when b is flipped."""
     B, dev = images.shape[0], images.device
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))  # (B, 3, 40, 40), zeros around
-    # (B, 1) offsets in 0..8
-    dy, dx = torch.randint(0, 9, (2, B, 1), device=dev, generator=generator)
+    dy, dx = torch.randint(0, 9, (2, B, 1), device=dev, generator=generator)  # (B, 1) in 0..8
     flip = torch.rand(B, 1, device=dev, generator=generator) < 0.5  # (B, 1)
     i = torch.arange(32, device=dev)  # (32,)
     rows = dy + i  # (B, 32)
@@ -235,14 +183,11 @@ def augment(images, generator):
 
 
 class Loader:
-    """Endless shuffled, augmented, normalised batches from a split held on one device.
-
-    The whole split is one uint8 tensor on `device` (150 MB for the 50,000 training images).
-    Each epoch is a fresh permutation from `generator`, cut into batches of `batch`; the last
-    incomplete batch of an epoch is dropped, so each image is seen at most once per epoch. The
-    generator, the permutation and the position in it are the whole state: `state_dict()` and
-    `load_state_dict()` let a resumed run see exactly the batches it would have seen.
-    """
+    """Endless shuffled, augmented, normalised batches, `next(loader)`, from a split held on
+    one device as one uint8 tensor (150 MB for the 50,000 training images). Each epoch is a
+    fresh permutation, cut into batches; the last incomplete one is dropped. The generator, the
+    permutation and the position in it are the whole state (`state_dict`), so a resumed run
+    sees exactly the batches it would have seen."""
 
     def __init__(self, images, labels, batch, device, seed=0, augment=True):
         if not 1 <= batch <= len(labels):
@@ -254,9 +199,6 @@ class Loader:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.order, self.pos = None, 0  # current epoch's permutation, and the next index in it
-
-    def __iter__(self):
-        return self
 
     def __next__(self):
         if self.order is None or self.pos + self.batch > len(self.order):
@@ -276,25 +218,23 @@ class Loader:
     def load_state_dict(self, state):
         try:
             self.generator.set_state(state["generator"])
-        except RuntimeError:
-            raise ValueError("the saved batch order comes from a run on another kind of device; "
-                             "resume it on the device it started on") from None
+        except RuntimeError:  # a CUDA generator's state is another size than the CPU's
+            raise ValueError("the run started on another kind of device: resume it there") \
+                from None
         self.order = None if state["order"] is None else state["order"].to(self.images.device)
         self.pos = state["pos"]
 
 
-if __name__ == "__main__":
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", nargs="?", default="./data",
                    help="CIFAR-10 folder; downloaded there if it holds none (default ./data)")
-    root = p.parse_args().root
-    try:
-        _, train_y, _, test_y = load_or_download(root)
-        for split, labels in (("train", train_y), ("test", test_y)):
-            print(f"{split}: {len(labels)} images, per class "
-                  f"{np.bincount(labels, minlength=10).tolist()}")
-    except KeyboardInterrupt:
-        sys.exit("error: interrupted; nothing partial was left")
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    _, train_y, _, test_y = load_or_download(p.parse_args(argv).root)
+    for split, labels in (("train", train_y), ("test", test_y)):
+        print(f"{split}: {len(labels)} images, per class "
+              f"{np.bincount(labels, minlength=10).tolist()}")
+
+
+if __name__ == "__main__":
+    sys.exit(checkpoint.cli(main))

@@ -15,12 +15,16 @@ backpropagation draws nearly the same picture for a network with random weights 
   trained network and on the same architecture with fresh weights; a high rank correlation
   between the two means the map shows the input, not what the network learned.
 
+- `maps` computes all of Figure 7's maps of one image; `sanity` runs the randomisation test
+  over many images and tabulates it.
+
 Every function takes a model of resnet18.py (any depth, residual or plain) in eval mode and
 `x`, one normalised image as a batch of one: (1, 3, 32, 32).
 """
 import torch
 
-from resnet18 import WIDTHS, ResNet
+from deconvnet import project
+from resnet18 import ResNet
 
 
 def occluded(x, size, stride, fill):
@@ -83,8 +87,7 @@ def reinitialised(model, seed=0):
     p = next(model.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = ResNet(model.depth, width=model.conv1[0].out_channels // WIDTHS["conv1"],
-                       plain=model.plain)
+        fresh = ResNet(model.depth, width=model.width, plain=model.plain)
     return fresh.to(p.device, p.dtype).eval()
 
 
@@ -104,3 +107,40 @@ def spearman(a, b):
     ra, rb = ranks(a.flatten().cpu()), ranks(b.flatten().cpu())
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def maps(model, x, target):
+    """Figure 7's maps of one image for one network: occlusion of the class, occlusion of the
+    strongest conv5_x channel (a share of its unoccluded total), Grad-CAM (4 x 4), the deconvnet
+    and guided projections from all of conv5_x; the channel, and the class probability."""
+    with torch.no_grad():
+        prob = model(x).softmax(1)[0, target].item()
+        act = model.features(x)["conv5_x"][0].sum((1, 2))  # (C,) total per channel
+    channel = int(act.argmax())
+    return {"occlusion": occlusion(model, x, target),
+            "feature": occlusion_feature(model, x, "conv5_x", channel)
+            / act[channel].clamp(min=1e-12),
+            "gradcam": gradcam(model, x, target),  # (4, 4)
+            "deconvnet": project(model, x, "conv5_x"),
+            "guided": project(model, x, "conv5_x", guided=True),
+            "channel": channel, "prob": prob}
+
+
+def sanity(model, images, labels):
+    """The randomisation test over `images` (normalised, (N, 3, 32, 32), on the model's device)
+    of classes `labels`: Spearman's rho between each map on the trained network and on random
+    weights. {map: (mean, std, images whose rho is undefined: a constant map)}."""
+    fresh = reinitialised(model)
+    rho = {k: [] for k in ("deconvnet", "guided", "occlusion", "gradcam")}
+    for x, y in zip(images.split(1), labels):
+        a, b = maps(model, x, int(y)), maps(fresh, x, int(y))
+        for k in rho:
+            if k in ("deconvnet", "guided"):  # a pixel map: the size of the projection
+                a[k], b[k] = a[k][0].abs().sum(0), b[k][0].abs().sum(0)
+            rho[k].append(spearman(a[k], b[k]))
+    out = {}
+    for k, values in rho.items():
+        v = torch.tensor(values, dtype=torch.float64)
+        ok = v[~v.isnan()]
+        out[k] = (ok.mean().item(), ok.std().item(), int(v.isnan().sum()))
+    return out

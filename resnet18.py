@@ -81,7 +81,8 @@ class ResNet(nn.Module):
         super().__init__()
         c = {name: k * width for name, k in WIDTHS.items()}  # channels of each stage
         n2, n3, n4, n5 = BLOCKS[depth]
-        self.depth, self.plain = depth, plain
+        self.depth, self.width, self.plain = depth, width, plain
+        self.name = f"{'plain' if plain else 'ResNet'}-{depth}, width {width}"  # as He et al.
         self.conv1 = nn.Sequential(nn.Conv2d(3, c["conv1"], 3, 1, padding=1, bias=False),
                                    nn.BatchNorm2d(c["conv1"]), nn.ReLU())
         self.conv2_x = stage(c["conv1"], c["conv2_x"], n2, 1, plain)
@@ -119,30 +120,11 @@ def ResNet34(num_classes=10, width=64, plain=False):
     return ResNet(34, num_classes, width, plain)
 
 
-def network_name(depth=18, plain=False):
-    """The network's name as He et al. write it: "ResNet-18", "plain-34"."""
-    return f"{'plain' if plain else 'ResNet'}-{depth}"
-
-
-def describe(run):
-    """'ResNet-18, width 16' for the network of a run's settings (train.py's flags)."""
-    return f"{network_name(run['depth'], run['plain'])}, width {run['width']}"
-
-
-def build(run, state=None, device="cpu"):
-    """The network of a run's settings, with the weights of a checked state_dict if given, in
-    channels_last (the fast layout for its convolutions)."""
-    model = ResNet(run["depth"], width=run["width"], plain=run["plain"])
-    if state is not None:
-        model.load_state_dict(state)
-    return model.to(device, memory_format=torch.channels_last)
-
-
 if __name__ == "__main__":
     for depth in BLOCKS:
         for plain in (False, True):
             model = ResNet(depth, plain=plain)
-            print(f"{network_name(depth, plain)} (width 64): "
+            print(f"{model.name}: "
                   f"{sum(p.numel() for p in model.parameters()):,} parameters")
     for stage_name, f in ResNet18().features(torch.zeros(1, 3, 32, 32)).items():
         print(f"{stage_name:8s} {tuple(f.shape)}")

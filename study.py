@@ -1,22 +1,123 @@
-"""The study's own numbers, and its Table 1 for any run.
+"""The study's own numbers, its Table 1 for any run, and the rules by which a run tests its claims.
 
 Fenglin Liu, "Investigating ResNet on the Perspective of Experimental Results and Analysis",
 §2: ResNet-18 on CIFAR-10, SGD with momentum 0.9, weight decay 0.0002, batch 32, learning
 rate 0.1 divided by 10 at iteration 32,000, 50,000 iterations in all. Its Table 1 gives the
 train and test error at every 10,000 iterations; the test accuracies are below.
 
-train.py prints `table(history)` at the end of a run, visualize.py for any checkpoint.
+train.py's flags take their defaults and their allowed values (SETTINGS) from here; it prints
+`table(history)` at the end of a run, and visualize.py writes it, with `claims`, into the
+report of any checkpoint.
 """
+import argparse
+import math
+
+from resnet18 import BLOCKS
+
 ITERS = 50000  # iterations in all
 DROP = 32000  # the one learning-rate drop (divide by 10)
 TEST_ACC = {10000: 79.60, 20000: 83.40, 30000: 87.83, 40000: 91.06, 50000: 93.56}  # % (Table 1)
 TABLE_EVERY = 10000  # iterations between the columns of Table 1
+# The tolerance of each verdict, stated once: a claim holds within it.
+ACC_POINTS = 3.0  # test accuracy at 10,000 and 50,000 iterations, in points of %, either way
+JUMP_POINTS = 3.0  # the rise of test accuracy across the drop, in points, at least
+JUMP_WINDOW = 2000  # iterations after the drop within which the rise is read
+RISE = 0.05  # the late rise of the test loss over its lowest after the drop, at least 5 %
+TRAIN_ALL = 99.5  # train accuracy (%) that counts as 100 %
+BLANK_SHARE = 0.25  # "a lot of blank convolution outputs": at least a quarter of conv5_x maps
+OCCLUDED = 0.5  # covering the object takes P(class) below half its unoccluded value
+RHO = 0.5  # a map that depends on the weights: rank correlation with random weights below this
+
+
+# --- Each setting of a run and the values it may take: the types of train.py's flags, and the
+# check of a checkpoint's settings (one place per setting) ------------------------------------
+
+def integer(low, high=None):
+    def parse(text):
+        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= (high or math.inf):
+            raise argparse.ArgumentTypeError(f"must be an integer from {low}"
+                                             f"{f' to {high}' if high else ''}, got {text!r}")
+        return int(text)
+    return parse
+
+
+def rate(text):
+    """A number from 0 that float32 can hold (the update multiplies float32 tensors by it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 3.4028234663852886e38:  # float32's largest
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 3.4e38, got {text!r}")
+    return value
+
+
+def depth(text):
+    if text not in map(str, BLOCKS):
+        raise argparse.ArgumentTypeError(f"must be 18 or 34, got {text!r}")
+    return int(text)
+
+
+switch = {"True": True, "False": False}.__getitem__  # a flag without a value, in a file
+
+
+SETTINGS = {"iters": integer(1), "batch": integer(1), "lr": rate, "momentum": rate,
+            "wd": rate, "lr_drops": integer(1), "depth": depth, "width": integer(8),
+            "plain": switch, "seed": integer(0, 2**64 - 1), "eval_every": integer(0),
+            "amp": switch, "data": str}
+
+
+def check_settings(args):
+    """Every setting of a file, parsed as its flag would be: the same value, of the same type."""
+    for k, parse in SETTINGS.items():
+        if k not in args:
+            raise ValueError(f"args lacks {k}")
+        values = args[k] if k == "lr_drops" else [args[k]]
+        try:
+            ok = all(type(parse(str(v))) is type(v) and parse(str(v)) == v for v in values)
+        except (argparse.ArgumentTypeError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"args.{k} is {args[k]!r}, not a value of --{k.replace('_', '-')}")
 
 
 def drops(iters):
     """The study's schedule for a run of `iters` iterations: its drop, where the run reaches it.
     A shorter run is the study's first part, at the initial rate throughout."""
     return [DROP] if iters > DROP else []
+
+
+def schedule(iters, lr_drops=None, saved=None, done=0):
+    """The iterations at which the learning rate is divided by 10, decided here only:
+    `lr_drops` (--lr-drops) when given, else the study's DROP where the run passes it. A
+    resumed run (`saved`: its settings; `done` iterations run) keeps its own drops, the study's
+    following a changed --iters; a change must lie ahead. ValueError says what is wrong."""
+    if lr_drops is None and saved and saved["lr_drops"] != drops(saved["iters"]):
+        lr_drops = saved["lr_drops"]
+    new = sorted(drops(iters) if lr_drops is None else lr_drops)
+    text = " ".join(map(str, lr_drops or []))
+    if len(set(new)) < len(new):
+        raise ValueError(f"--lr-drops {text}: an iteration given twice")
+    if any(d >= iters for d in new):
+        raise ValueError(f"--lr-drops {text} must all be below --iters {iters}: give drops "
+                         f"inside the run, or --lr-drops with no value for a constant rate")
+    if len(new) > 30:
+        raise ValueError(f"--lr-drops: {len(new)} drops would divide the rate by 10**"
+                         f"{len(new)}; give at most 30")
+    changed = sorted(set(saved["lr_drops"]) ^ set(new)) if saved else []
+    if changed and changed[0] < done:
+        old = " ".join(map(str, saved["lr_drops"])) or "(none)"
+        raise ValueError(f"trained with --lr-drops {old}, a different schedule before "
+                         f"iteration {done:,}: leave --lr-drops out")
+    return new
+
+
+def in_words(lr, lr_drops, iters):
+    """The learning rate of a run in words, for its start line."""
+    if lr_drops:
+        return f"learning rate {lr:g}, divided by 10 at " + ", ".join(f"{d:,}" for d in lr_drops)
+    first = f" (the study's first {iters:,} iterations; it divides by 10 at {DROP:,})"
+    return f"learning rate {lr:g} for the whole run{first if iters <= DROP else ''}"
 
 
 def table(history):
@@ -40,3 +141,61 @@ def table(history):
     lines.insert(1, "|---" + "|---:" * len(cols) + "|")
     return "\n".join(lines)
 
+
+def around(history, drop):
+    """The evaluations just before and just after `drop` (within JUMP_WINDOW), or None."""
+    before = [h for h in history if h["iteration"] <= drop]
+    after = [h for h in history if drop < h["iteration"] <= drop + JUMP_WINDOW]
+    return (before[-1], after[0]) if before and after else None
+
+
+def lowest_loss(history, drop):
+    """(the evaluation of lowest test loss after `drop`, the last one), or None for fewer than
+    three evaluations after it."""
+    late = [h for h in history if h["iteration"] > drop]
+    return (min(late, key=lambda h: h["test_loss"]), late[-1]) if len(late) >= 3 else None
+
+
+def claims(history, run, blank=None, located=None):
+    """The study's claims that a run can test: rows (claim, this run's evidence, verdict).
+    run: the run's settings; blank: (blank, all) conv5_x maps of the image, or None; located:
+    (lowest P(class) under occlusion, P(class), occlusion's rho in the randomisation test)."""
+    done = history[-1]["iteration"] if history else 0
+    rows = []
+
+    def row(claim, why_not, ok=None, evidence="-"):
+        rows.append((claim, evidence or "-", f"not measured: {why_not}" if why_not else
+                     "holds" if ok else "does not hold"))
+    study_net = (run["depth"], run["width"], run["plain"]) == (18, 64, False)
+    for it in (10000, ITERS):
+        h = next((h for h in history if h["iteration"] == it), None)
+        why = "the network is not the study's ResNet-18 at width 64" if not study_net else \
+            None if h else f"the run has no evaluation at {it:,}"
+        row(f"test accuracy {TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})", why,
+            h and abs(h["test_acc"] - TEST_ACC[it]) <= ACC_POINTS, h and f"{h['test_acc']:.2f} %")
+    drop = run["lr_drops"][0] if run["lr_drops"] else None
+    pair = drop and around(history, drop)
+    row(f"test accuracy jumps at the drop (by {JUMP_POINTS:g} points or more)",
+        None if pair else "the run has no evaluations either side of a drop",
+        pair and pair[1]["test_acc"] - pair[0]["test_acc"] >= JUMP_POINTS,
+        pair and f"{pair[0]['test_acc']:.2f} % at {pair[0]['iteration']:,}, "
+                 f"{pair[1]['test_acc']:.2f} % at {pair[1]['iteration']:,}")
+    low = drop and lowest_loss(history, drop)
+    row(f"the test loss rises late (the last at least {RISE:.0%} above its lowest after the "
+        f"drop)", None if low else "fewer than three evaluations after a drop",
+        low and low[1]["test_loss"] >= (1 + RISE) * low[0]["test_loss"],
+        low and f"lowest {low[0]['test_loss']:.4f} at {low[0]['iteration']:,}, last "
+                f"{low[1]['test_loss']:.4f} at {low[1]['iteration']:,}")
+    row(f"train accuracy reaches 100 % (at least {TRAIN_ALL} %)",
+        None if done >= ITERS else f"the run is shorter ({done:,} of {ITERS:,} iterations)",
+        history and history[-1]["train_acc"] >= TRAIN_ALL,
+        history and f"{history[-1]['train_acc']:.2f} % at {done:,}")
+    row(f"many conv5 maps are blank (at least {BLANK_SHARE:.0%})",
+        None if blank else "no test image, so no Figure 4",
+        blank and blank[0] >= BLANK_SHARE * blank[1], blank and f"{blank[0]} of {blank[1]}")
+    row(f"conv5 localises the object (occlusion takes P(class) below {OCCLUDED:g} of itself, "
+        f"and its map passes the randomisation test: rho below {RHO:g})",
+        None if located else "the randomisation test was not asked for (--sanity N)",
+        located and located[0] < OCCLUDED * located[1] and located[2] < RHO,
+        located and f"P {located[1]:.2f}, lowest {located[0]:.2f}; rho {located[2]:.2f}")
+    return rows

@@ -14,10 +14,12 @@ safe). --resume takes every setting from the checkpoint; a flag given with it ma
 what is still ahead (a larger --iters, a drop not reached yet).
 """
 import argparse
+import hashlib
 import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,79 +27,67 @@ import torch.nn.functional as F
 import checkpoint
 import cifar
 import study
-from resnet18 import BLOCKS, build, describe
+from study import depth, integer, rate
+from resnet18 import ResNet
 
 LOG_EVERY = 100  # iterations between log lines (and one at the 10th, to show the pace early)
 TRAIN_SUBSET = 10000  # images on which train accuracy is measured between Table 1 columns
-MIN_WIDTH = 8  # narrower networks crash PyTorch's CPU backward of the 1x1 stride-2 shortcut
-# (channels_last, fewer than 8 input channels) on AVX2 CPUs
+KEPT = ("depth", "plain", "width", "batch", "lr", "momentum", "wd", "seed", "amp")  # the past
 
 
 def get_args(argv=None):
-    """(settings, the flags given): every default is the study's, or He et al.'s."""
+    """(settings, the settings typed on the command line): every default is the study's."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("the study's SGD and schedule (its §2)")
-    s.add_argument("--iters", type=positive, default=study.ITERS,
-                   help="SGD iterations in all (default 50000, the study)")
-    s.add_argument("--batch", type=positive, default=32,
-                   help="images per iteration (default 32, the study)")
-    s.add_argument("--lr", type=rate, default=0.1,
-                   help="initial learning rate (default 0.1, the study)")
-    s.add_argument("--momentum", type=rate, default=0.9,
-                   help="SGD momentum, from 0 up to 1 (default 0.9, the study)")
+    s.add_argument("--iters", type=integer(1), default=study.ITERS,
+                   help="SGD iterations in all (default 50000)")
+    s.add_argument("--batch", type=integer(1), default=32, help="images per step (default 32)")
+    s.add_argument("--lr", type=rate, default=0.1, help="initial learning rate (default 0.1)")
+    s.add_argument("--momentum", type=rate, default=0.9, help="SGD momentum, below 1 (default "
+                   "0.9)")
     s.add_argument("--wd", type=rate, default=0.0002,
-                   help="weight decay, on every parameter (default 0.0002, the study)")
-    s.add_argument("--lr-drops", type=positive, nargs="*", metavar="IT",
+                   help="weight decay, on every parameter (default 0.0002)")
+    s.add_argument("--lr-drops", type=integer(1), nargs="*", metavar="IT",
                    help="iterations at which the learning rate is divided by 10 (default: the "
                         "study's 32000 when the run is longer, else none; He et al. use 32000 "
                         "48000; the flag with no value: a constant rate)")
     n = p.add_argument_group("the network (He et al. Table 1)")
-    n.add_argument("--depth", type=int, choices=sorted(BLOCKS), default=18,
-                   help="18 or 34 layers (default 18, the study)")
+    n.add_argument("--depth", type=depth, default=18, help="18 or 34 layers (default 18)")
     n.add_argument("--plain", action="store_true",
                    help="drop every shortcut: He et al.'s plain network, the control")
-    n.add_argument("--width", type=width, default=64,
-                   help=f"channels of conv1; every stage scales with it (default 64, the "
-                        f"paper; at least {MIN_WIDTH})")
+    n.add_argument("--width", type=integer(8), default=64,
+                   help="channels of conv1; every stage scales with it (default 64, the paper; "
+                        "at least 8: narrower ones crash PyTorch's CPU backward of the 1x1 "
+                        "stride-2 shortcut in channels_last on AVX2 CPUs)")
     r = p.add_argument_group("the run")
     r.add_argument("--data", default="./data",
                    help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
-    r.add_argument("--no-download", action="store_true",
-                   help="fail instead of downloading missing data")
-    r.add_argument("--seed", type=seed, default=0,
+    r.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+    r.add_argument("--seed", type=integer(0, 2**64 - 1), default=0,
                    help="seed of the weights and of the batches (default 0)")
-    r.add_argument("--eval-every", type=count, default=1000,
-                   help="iterations between evaluations and checkpoints; 0: only at the end "
-                        "(default 1000)")
-    r.add_argument("--ckpt", default="run.pt",
-                   help="checkpoint to write, a .pt file; the history goes beside it as .csv "
-                        "(default run.pt)")
-    r.add_argument("--resume", action="store_true",
-                   help="continue the run in --ckpt, with its own settings")
-    r.add_argument("--device", default="auto",
-                   help="cpu, cuda or cuda:N (default auto: CUDA when available)")
+    r.add_argument("--eval-every", type=integer(0), default=1000, help="iterations between "
+                   "evaluations and checkpoints; 0: only at the end (default 1000)")
+    r.add_argument("--ckpt", default="run.pt", help="checkpoint to write, a .pt file; the "
+                   "history goes beside it as .csv (default run.pt)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --ckpt")
+    r.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     r.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast (default off: float32). Faster on GPUs and on CPUs "
                         "with AMX units (grep amx_bf16 /proc/cpuinfo); slower on other CPUs")
     r.add_argument("--compile", action="store_true",
-                   help="torch.compile the model; on CUDA with CUDA graphs (mode "
-                        "reduce-overhead), never yet run on a GPU")
-    args = p.parse_args(argv)
-    unset = argparse.Namespace(**{k: p for k in vars(args)})  # p: a value no flag can have
-    given = {k: v for k, v in vars(p.parse_args(argv, unset)).items() if v is not p}
-    if args.momentum >= 1:
-        p.error(f"--momentum {args.momentum}: must be from 0 up to, not including, 1")
-    if args.lr == 0:
-        p.error("--lr 0.0: must be above 0")
-    if args.lr_drops is None:
-        args.lr_drops = study.drops(args.iters)
-    args.lr_drops = sorted(args.lr_drops)
-    if not args.resume:  # a resume checks the schedule it continues (checkpoint.Run)
-        try:
-            checkpoint.check_drops(args.lr_drops, args.iters)
-        except ValueError as e:
-            p.error(str(e))
+                   help="torch.compile the model (on CUDA: mode reduce-overhead, CUDA graphs)")
+    unset = dict.fromkeys(study.SETTINGS)  # argparse fills in defaults only where unset
+    args = p.parse_args(argv, argparse.Namespace(**unset))
+    given = {k: v for k in unset if (v := getattr(args, k)) is not None}
+    for k in unset:
+        setattr(args, k, given.get(k, p.get_default(k)))
+    if args.momentum >= 1 or args.lr == 0:
+        p.error(f"--momentum {args.momentum} must be below 1, --lr {args.lr} above 0")
+    try:  # a resume decides its schedule with the run's own settings (resumed)
+        args.lr_drops = args.lr_drops if args.resume else study.schedule(args.iters, args.lr_drops)
+    except ValueError as e:
+        p.error(str(e))
     return args, given
 
 
@@ -152,87 +142,148 @@ def evaluate(model, images, labels, amp=False, batch=1000):
 
 def main(argv=None):
     args, given = get_args(argv)
-    with checkpoint.Run(args, given) as run:  # the lock; a resume's checkpoint and settings
-        args, last = run.args, run.last
+    with checkpoint.Run(args.ckpt, args.resume) as run:  # the lock; a resume's checkpoint
+        last, changes = run.last, ""
+        if last:
+            args, changes = resumed(args, given, last, run.path)
         args.data = os.path.abspath(args.data)  # so that visualize.py finds it from anywhere
         device = checkpoint.pick_device(args.device)
-        checkpoint.check_fits_in_memory(args.depth, args.width, args.plain, device)
+        exact(device)
+        check_fits(args, device)
         run.say(f"reading CIFAR-10 from {args.data}")
-
-        # Data: the splits as uint8 tensors on the device.
         train_x, train_y, test_x, test_y = cifar.load_or_download(args.data, not args.no_download)
         data = {"data_fingerprint": f"{len(train_y)} train / {len(test_y)} test images, sha256 "
-                                    f"{checkpoint.fingerprint(train_x, train_y, test_x, test_y)}",
-                "test_fingerprint": checkpoint.fingerprint(test_x, test_y)}
-        run.check_data(data["data_fingerprint"])
+                                    f"{cifar.fingerprint(train_x, train_y, test_x, test_y)}",
+                "test_fingerprint": cifar.fingerprint(test_x, test_y)}
+        if last and last["data_fingerprint"] != data["data_fingerprint"]:
+            raise ValueError(f"{run.path} was trained on other data ({last['data_fingerprint']})"
+                             f" than --data {args.data} ({data['data_fingerprint']})")
         loader = cifar.Loader(train_x, train_y, args.batch, device, seed=args.seed)
-        test_x, test_y = torch.as_tensor(test_x).to(device), torch.as_tensor(test_y).to(device)
-
-        # Model and momentum buffers: fresh, or the state of the run to continue.
+        test = torch.as_tensor(test_x).to(device), torch.as_tensor(test_y).to(device)
         torch.manual_seed(args.seed)
-        model = build(vars(args), last and last["model"], device)
-        params = list(model.parameters())
-        bufs = [torch.zeros_like(p) for p in params]
-        start, history = 0, []
+        model = ResNet(args.depth, width=args.width, plain=args.plain)
         if last:
-            start, history = last["iteration"], last["history"]
-            for b, saved in zip(bufs, last["momentum"]):
-                b.copy_(saved)
+            model.load_state_dict(last["model"])
             loader.load_state_dict(last["loader"])
-        step_model = model
-        if args.compile:
-            step_model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda"
-                                       else None)
+        model.to(device, memory_format=torch.channels_last)  # the fast layout for convolutions
+        bufs = [torch.zeros_like(p) for p in model.parameters()]
+        for b, saved in zip(bufs, last["momentum"] if last else []):
+            b.copy_(saved)
+        what = f"continuing from iteration {last['iteration']:,} to {args.iters:,}, " \
+               f"{changes}" if last else f"iterations 0 -> {args.iters:,}"
+        run.begin(f"{model.name}: {sum(p.numel() for p in model.parameters()):,} parameters "
+                  f"on {device}; data: {data['data_fingerprint']}; {what}; "
+                  f"{study.in_words(args.lr, args.lr_drops, args.iters)}")
+        return loop(run, args, model, bufs, loader, test, data, last)
 
-        def state(it):
-            return {"model": model.state_dict(), "iteration": it, "history": history,
-                    "args": vars(args), **data, "momentum": bufs, "loader": loader.state_dict()}
 
-        what = f"continuing from iteration {start:,} to {args.iters:,}, {run.changes}" if last \
-            else f"iterations 0 -> {args.iters:,}"
-        run.begin(f"{describe(vars(args))}: {sum(p.numel() for p in params):,} parameters on "
-                  f"{device}; data: {data['data_fingerprint']}; {what}; {schedule(args)}")
-        it, loss_sum, n_sum = start, torch.zeros((), device=device), 0
-        t_train, t_evals, n_evals, t_log = 0.0, 0.0, 0, time.time()
-        while it < args.iters and not run.stopped:
-            lr = lr_at(it, args.lr, args.lr_drops)
-            x, y = next(loader)
-            loss_sum += train_step(step_model, params, bufs, x, y, lr, args.momentum, args.wd,
-                                   args.amp)
-            n_sum += 1
-            it += 1  # iterations done
-            if it % LOG_EVERY == 0 or it == start + 10:
-                loss = loss_sum.item() / n_sum
-                check_finite("training loss", loss, it, run)
-                now = time.time()
-                t_train += now - t_log
-                left = t_train / (it - start) * (args.iters - it) \
-                    + (t_evals / n_evals if n_evals else 0) * evals_left(it, args)
-                run.say(f"it {it:6d}/{args.iters} | loss {loss:.4f} | lr {lr:.4g} | "
-                        f"{n_sum * args.batch / (now - t_log):5.0f} img/s | "
-                        f"left {hms(left)}{'' if n_evals else ' + evaluations'}")
-                loss_sum, n_sum, t_log = torch.zeros((), device=device), 0, now
-            if (args.eval_every and it % args.eval_every == 0) or it == args.iters:
-                t_eval = time.time()
-                full = it % study.TABLE_EVERY == 0 or it == args.iters  # a Table 1 column
-                n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
-                train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n],
-                                                 args.amp)
-                test_loss, test_acc = evaluate(model, test_x, test_y, args.amp)
-                check_finite("train loss", train_loss, it, run)
-                check_finite("test loss", test_loss, it, run)
-                history.append({"iteration": it, "lr": lr, "train_loss": train_loss,
-                                "train_acc": train_acc, "test_loss": test_loss,
-                                "test_acc": test_acc, "train_images": n})
-                run.say(f"eval {it:6d} | train loss {train_loss:.4f} acc {train_acc:.2f}% "
-                        f"({n} images) | test loss {test_loss:.4f} acc {test_acc:.2f}%")
-                run.save(state(it))
-                t_evals, n_evals = t_evals + time.time() - t_eval, n_evals + 1
-                t_log = time.time()  # the pace counts training time only
-        if run.stopped:
-            return run.stop(state(it))
-        run.say(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
-        return 0
+def loop(run, args, model, bufs, loader, test, data, last):
+    """The training loop: a step per iteration, a log line every LOG_EVERY, an evaluation and a
+    checkpoint every --eval-every and at the end."""
+    params, device = list(model.parameters()), bufs[0].device
+    step_model = compiled(model, device) if args.compile else model
+    start, history = (last["iteration"], last["history"]) if last else (0, [])
+    before = last.get("provenance", {}).get("seconds", 0.0) if last else 0.0
+    it, loss_sum, n_sum, t0 = start, torch.zeros((), device=device), 0, time.time()
+    t_log = t0
+
+    def state(it):
+        return {"model": model.state_dict(), "iteration": it, "history": history,
+                "args": vars(args), **data, "momentum": bufs, "loader": loader.state_dict(),
+                "provenance": provenance(device, before + time.time() - t0)}
+
+    while it < args.iters and not run.stopped:
+        lr = lr_at(it, args.lr, args.lr_drops)
+        x, y = next(loader)
+        loss_sum += train_step(step_model, params, bufs, x, y, lr, args.momentum, args.wd,
+                               args.amp)
+        n_sum, it = n_sum + 1, it + 1  # `it`: iterations done
+        if it % LOG_EVERY == 0 or it == start + 10:
+            loss, now = loss_sum.item() / n_sum, time.time()
+            check_finite("training loss", loss, it, run)
+            left = (now - t0) / (it - start) * (args.iters - it)  # at the pace so far, evals too
+            run.say(f"it {it:6d}/{args.iters} | loss {loss:.4f} | lr {lr:.4g} | "
+                    f"{n_sum * args.batch / (now - t_log):5.0f} img/s | left {hms(left)}")
+            loss_sum, n_sum, t_log = torch.zeros((), device=device), 0, time.time()
+        if (args.eval_every and it % args.eval_every == 0) or it == args.iters:
+            full = it % study.TABLE_EVERY == 0 or it == args.iters  # a Table 1 column
+            n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
+            train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n],
+                                             args.amp)
+            test_loss, test_acc = evaluate(model, *test, args.amp)
+            check_finite("train loss", train_loss, it, run)
+            check_finite("test loss", test_loss, it, run)
+            history.append({"iteration": it, "lr": lr, "train_loss": train_loss,
+                            "train_acc": train_acc, "test_loss": test_loss,
+                            "test_acc": test_acc, "train_images": n})
+            run.say(f"eval {it:6d} | train loss {train_loss:.4f} acc {train_acc:.2f}% "
+                    f"({n} images) | test loss {test_loss:.4f} acc {test_acc:.2f}%")
+            run.save(state(it))
+            t_log = time.time()
+    if run.stopped:
+        return run.stop(state(it))
+    run.say(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
+    return 0
+
+
+def resumed(args, given, last, path):
+    """The settings of a resumed run, and what changed, in words: each flag given, else the
+    checkpoint's. A flag that would change the iterations already run is refused."""
+    saved, done = last["args"], last["iteration"]
+    for k in KEPT:
+        if k in given and given[k] != saved[k]:
+            flag = "--" + k.replace("_", "-")
+            raise ValueError(f"{path} was trained with {flag} {saved[k]}; {flag} {given[k]} "
+                             f"would change its {done:,} iterations run: leave it out")
+    new = argparse.Namespace(**{**vars(args), **{k: saved[k] for k in study.SETTINGS}, **given})
+    if new.iters < done:
+        raise ValueError(f"{path} is at iteration {done:,}, past --iters {new.iters}")
+    try:
+        new.lr_drops = study.schedule(new.iters, given.get("lr_drops"), saved, done)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+    def show(v):
+        return " ".join(map(str, v)) or "(none)" if isinstance(v, list) else v
+    notes = [f"--{k.replace('_', '-')} {show(saved[k])} -> {show(v)}" for k, v in vars(new).items()
+             if k in study.SETTINGS and k != "data" and v != saved[k]]
+    return new, f"changing {', '.join(notes)}" if notes else "with the run's own settings"
+
+
+def exact(device):
+    """On CUDA: the same convolution algorithms every run (cuDNN's deterministic ones, no
+    autotuning), so that a resumed run is bit-exact, and float32 as float32 (no TF32: --amp is
+    the fast path). The CPU is deterministic already."""
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def compiled(model, device):
+    """torch.compile: on CUDA with CUDA graphs (mode reduce-overhead: one launch per step)."""
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+def check_fits(args, device):
+    """A clear error, before any allocation, for a network too large for `device`."""
+    with torch.device("meta"):
+        model = ResNet(args.depth, width=args.width, plain=args.plain)
+    need = 3 * 4 * sum(p.numel() for p in model.parameters())  # weights, gradients, momentum
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" \
+        else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have:
+        raise ValueError(f"--width {args.width}: {model.name} would need {need / 2**30:.1f} "
+                         f"GiB for its weights, gradients and momentum alone, more than the "
+                         f"{have / 2**30:.1f} GiB of {device}")
+
+
+def provenance(device, seconds):
+    """What ran: the device, torch, the training time, and a hash of the code that trained."""
+    code = hashlib.sha256(b"".join(Path(__file__).with_name(f).read_bytes()
+                                   for f in ("resnet18.py", "cifar.py", "train.py")))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {"device": f"{device} ({name})", "torch": str(torch.__version__), "seconds": seconds,
+            "source": code.hexdigest()[:12]}
 
 
 def check_finite(what, value, it, run):
@@ -241,66 +292,11 @@ def check_finite(what, value, it, run):
                                  f"diverged; {run.kept()}")
 
 
-def schedule(args):
-    """The learning rate of the run in words, for the start line."""
-    if args.lr_drops:
-        return f"learning rate {args.lr:g}, divided by 10 at " \
-               + ", ".join(f"{d:,}" for d in args.lr_drops)
-    if args.iters <= study.DROP:
-        return f"learning rate {args.lr:g} for the whole run (the study's first " \
-               f"{args.iters:,} iterations; it divides by 10 at {study.DROP:,})"
-    return f"learning rate {args.lr:g} for the whole run"
-
-
-def evals_left(it, args):
-    """Evaluations after iteration `it`: every --eval-every iterations, and at the end."""
-    every = args.eval_every or args.iters
-    return args.iters // every - it // every + (args.iters % every != 0)
-
-
 def hms(seconds):
     """A duration as a person reads it: '6 h 17 min 03 s', '2 min 49 s', '12 s'."""
     s = round(seconds)
     h, m, s = s // 3600, s // 60 % 60, s % 60
     return f"{h} h {m:02d} min {s:02d} s" if h else f"{m} min {s:02d} s" if m else f"{s} s"
-
-
-# --- Flag values: one clear line for a bad one ------------------------------------------------
-
-def positive(text):
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def count(text):
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-    return int(text)
-
-
-def width(text):
-    if not (text.isascii() and text.isdigit()) or int(text) < MIN_WIDTH:
-        raise argparse.ArgumentTypeError(f"must be an integer of at least {MIN_WIDTH}, "
-                                         f"got {text!r}")
-    return int(text)
-
-
-def seed(text):
-    if not (text.isascii() and text.isdigit()) or int(text) > 2**64 - 1:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64 - 1, got {text!r}")
-    return int(text)
-
-
-def rate(text):
-    """A number that float32 can hold (the update multiplies float32 tensors by it), >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= torch.finfo(torch.float32).max:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 3.4e38, got {text!r}")
-    return value
 
 
 if __name__ == "__main__":

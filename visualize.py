@@ -1,5 +1,5 @@
-"""The study's Figures 1-5 and Table 1, from a checkpoint written by train.py; Figure 6
-compares runs. For a run of --width w (the paper's 64):
+"""The study's Figures 1-5, Table 1 and its claims checked, from a checkpoint of train.py, written
+as report.md beside the figures; Figure 6 compares runs. For a run of --width w (the paper's 64):
 
     fig1_learning_curve.png   train and test loss and accuracy against iterations
     fig2_conv1_filters.png    the w conv1 filters (RGB, 3 x 3)
@@ -12,15 +12,16 @@ compares runs. For a run of --width w (the paper's 64):
                               §4.2), Grad-CAM and the guided projection, for the --image and the
                               first test image of every other class, and the image again with
                               random weights (the sanity check of Adebayo et al. 2018)
+    report.md                 the study redone for this run: provenance, Table 1, every figure
+                              with a caption from this run's numbers, the claims with verdicts
 
-Figures 3-5 and 7 need a test image: from --data, or else from the data folder the run was trained
-on; without either, only Figures 1-2 are drawn. `--top9 conv5_x:7` also draws the nine test
-images that most activate a channel beside their projections (Zeiler & Fergus, Fig. 2).
+Figures 3-5 and 7 need test images: from --data, or else from the folder the run was trained on.
+`--top9 conv5_x:7` also draws the nine test images that most activate a channel beside their
+projections (Zeiler & Fergus, Fig. 2).
 
-    python visualize.py --ckpt run.pt                    # writes figures/fig*.png
-    python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --out figures
+    python visualize.py --ckpt run.pt                    # writes figures/fig*.png, report.md
+    python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
     python visualize.py --ckpt run.pt --compare plain.pt # adds fig6_compare.png
-    python visualize.py --ckpt run.pt --sanity 10        # + the randomisation test's table
 """
 import argparse
 import math
@@ -37,7 +38,7 @@ import cifar
 import localize
 import study
 from deconvnet import project
-from resnet18 import STAGES, WIDTHS, build, describe
+from resnet18 import STAGES
 
 matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
 TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
@@ -48,14 +49,14 @@ FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="run.pt",
-                   help="checkpoint written by train.py (default run.pt)")
-    p.add_argument("--data", help="CIFAR-10 folder with the test images of Figures 3-5 "
+    p.add_argument("--ckpt", default="run.pt", help="checkpoint of train.py (default run.pt)")
+    p.add_argument("--data", help="CIFAR-10 folder with the test images of Figures 3-5 and 7 "
                                    "(default: the run's --data)")
     p.add_argument("--image", default="0",
-                   help="the test image of Figures 3-5: its index, or a class name for the "
-                        "first test image of that class, e.g. ship (default 0)")
-    p.add_argument("--out", default="figures", help="folder for the PNG files (default figures)")
+                   help="the test image of Figures 3-5 and 7: its index, or a class name for "
+                        "the first test image of that class, e.g. ship (default 0)")
+    p.add_argument("--out", default="figures", help="folder for the figures and report.md "
+                                                    "(default figures)")
     p.add_argument("--top9", metavar="LAYER:CHANNEL",
                    help="also draw the 9 test images that most activate this channel, e.g. "
                         "conv5_x:7 (conv1 and conv2_x have w channels, conv3_x 2w, conv4_x 4w, "
@@ -67,10 +68,9 @@ def get_args(argv=None):
                    help="which figures to draw, e.g. --figures 1 7 (default all; 6 only with "
                         "--compare)")
     p.add_argument("--sanity", type=int, default=0, metavar="N",
-                   help="also print the randomisation test of every Figure 7 map over the first N "
+                   help="also run the randomisation test of every Figure 7 map over the first N "
                         "test images of each class (default 0: not run; 10 takes a minute)")
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda or cuda:N (default auto: CUDA when available)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     args = p.parse_args(argv)
     if not (args.image.isascii() and args.image.isdigit()) and args.image not in cifar.CLASSES:
         p.error(f"--image {args.image}: give an index or a class name "
@@ -84,7 +84,7 @@ def parse_top9(spec, width):
     if layer not in STAGES or not channel.isdigit():
         raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of "
                          f"{', '.join(STAGES)}")
-    channels = WIDTHS[layer] * width
+    channels = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 8}[layer] * width
     if int(channel) >= channels:
         raise ValueError(f"--top9 {spec}: {layer} has {channels} channels, no channel {channel}")
     return layer, int(channel)
@@ -92,22 +92,20 @@ def parse_top9(spec, width):
 
 def pick_image(spec, labels, data):
     """--image as an index into the test set, or the first test image of a class."""
-    if spec.isdigit():
-        if int(spec) >= len(labels):
-            raise ValueError(f"--image {spec}: the test set in {data} has images 0 to "
-                             f"{len(labels) - 1}")
-        return int(spec)
-    hits = np.flatnonzero(labels == cifar.CLASSES.index(spec))
-    if not hits.size:
-        raise ValueError(f"--image {spec}: the test set in {data} has no {spec}")
+    hits = [int(spec)] if spec.isdigit() else np.flatnonzero(labels == cifar.CLASSES.index(spec))
+    if not len(hits) or hits[0] >= len(labels):
+        raise ValueError(f"--image {spec}: the test set in {data} has no {spec} (it has images "
+                         f"0 to {len(labels) - 1})")
     return int(hits[0])
 
+
+# --- Drawing: shared helpers ------------------------------------------------------------------
 
 def grid(tiles, cols, pad=1):
     """(N, h, w[, 3]) tiles -> one image of rows x cols tiles, NaN (drawn white) between them."""
     n, h, w = tiles.shape[:3]
-    rows = math.ceil(n / cols)
-    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad) + tiles.shape[3:], np.nan)
+    out = np.full((math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
+                  + tiles.shape[3:], np.nan)
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         out[pad + r * (h + pad):pad + r * (h + pad) + h,
@@ -125,7 +123,7 @@ def filter_grid(weight):
 
 
 def show(images):
-    """Normalised (B, 3, H, W) tensor -> displayable (B, H, W, 3) in [0, 1]."""
+    """Normalised (B, 3, H, W) tensor -> displayable (B, H, W, 3) in [0, 1], on the host."""
     mean, std = torch.tensor(cifar.MEAN).view(1, 3, 1, 1), torch.tensor(cifar.STD).view(1, 3, 1, 1)
     return (images.float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
@@ -138,13 +136,19 @@ def contrast(r):
     return r.permute(0, 2, 3, 1).numpy()
 
 
+def blank_count(maps):
+    """How many of the maps (C, h, w) are blank: all zero."""
+    return int((maps.flatten(1).amax(1) == 0).sum())
+
+
 def check_out(paths):
-    """Refuse, before drawing, to replace a file that is not a figure (a checkpoint, or what
-    a planted link points to)."""
+    """Refuse, before drawing, to replace a file that is not ours (not a PNG figure or a report
+    of this script), or what a planted link points to."""
     for path in paths:
-        if path.exists() and (not path.is_file() or path.read_bytes()[:4] != b"\x89PNG"):
-            raise ValueError(f"{path} exists and is not a PNG figure; it was left alone: "
-                             f"pick another --out")
+        ours = b"\x89PNG" if path.suffix == ".png" else b"# Reproduction report"
+        if path.exists() and (not path.is_file() or not path.read_bytes().startswith(ours)):
+            raise ValueError(f"{path} exists and is not a figure or report of visualize.py; it "
+                             f"was left alone: pick another --out")
 
 
 def save(fig, path):
@@ -155,29 +159,38 @@ def save(fig, path):
     print(f"wrote {path}")
 
 
-def fig1_learning_curve(history, run, path):
-    it = [h["iteration"] for h in history]
-    rows = [h for h in history if h["iteration"] % study.TABLE_EVERY == 0]
+def curves(runs, title):
+    """Loss and accuracy against iterations, for runs [(label, history, style)]: one colour a
+    run, train dashed and test solid. Returns the figure and its two axes."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"),
-                           (axes[1], "acc", "Accuracy (%)")):
-        ax.plot(it, [h[f"train_{key}"] for h in history], "o-", ms=3,
-                label="train (no augmentation)")
-        ax.plot(it, [h[f"test_{key}"] for h in history], "o-", ms=3, label="test")
-        for d in (d for d in run["lr_drops"] if d <= it[-1]):  # the drops the run has passed
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (label, history, marker), colour in zip(runs, colours * len(runs)):
+        it = [h["iteration"] for h in history]
+        for ax, key in zip(axes, ("loss", "acc")):
+            ax.plot(it, [h[f"train_{key}"] for h in history], "--" + marker, color=colour,
+                    ms=3, label=f"{label}train (no augmentation)")
+            ax.plot(it, [h[f"test_{key}"] for h in history], "-" + marker, color=colour, ms=3,
+                    label=f"{label}test")
+    for ax, name in zip(axes, ("Cross-entropy loss", "Accuracy (%)")):
+        ax.set(xlabel="iteration", title=name)
+    fig.suptitle(title)
+    return fig, axes
+
+
+# --- The figures ----------------------------------------------------------------------------
+
+def fig1_learning_curve(history, run, name, path):
+    it = history[-1]["iteration"]
+    done = "" if it == run["iters"] else f", evaluated to iteration {it:,} of {run['iters']:,}"
+    fig, axes = curves([("", history, "o")], f"{name}, batch {run['batch']}{done}")
+    for ax in axes:
+        for d in (d for d in run["lr_drops"] if d <= it):  # the drops the run has passed
             ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
-        if rows:
-            ax.plot([h["iteration"] for h in rows], [h[f"test_{key}"] for h in rows], "ks",
-                    mfc="none", ms=8, label="Table 1 rows (test)")
-        ax.set(xlabel="iteration", title=title, xlim=(0, it[-1] * 1.02))
-    studys = [(i, a) for i, a in study.TEST_ACC.items() if i <= it[-1]]
+    studys = [(i, a) for i, a in study.TEST_ACC.items() if i <= it]
     if studys:
-        axes[1].plot(*zip(*studys), "k*", ms=10, label="study, test (Table 1)")
+        axes[1].plot(*zip(*studys), "k*", ms=10, label="study, test (its Table 1 columns)")
     for ax in axes:
         ax.legend(fontsize=8)
-    done = "" if it[-1] == run["iters"] else f", evaluated to iteration {it[-1]:,} of " \
-                                              f"{run['iters']:,}"
-    fig.suptitle(f"{describe(run)}, batch {run['batch']}{done}")
     save(fig, path)
 
 
@@ -191,10 +204,9 @@ def fig2_conv1_filters(model, path):
 
 
 def fig3_conv1_maps(x, feats, label, path):
-    """The image and its conv1 maps; returns how many maps are blank (all zero)."""
-    maps = feats["conv1"][0].float().cpu().numpy()  # (C, 32, 32)
-    blank = int((maps.reshape(len(maps), -1).max(1) == 0).sum())
-    maps = maps / maps.reshape(len(maps), -1).max(1).clip(min=1e-12)[:, None, None]  # each alone
+    """The image and its conv1 maps; returns how many maps are blank."""
+    maps, blank = feats["conv1"][0].float(), blank_count(feats["conv1"][0])  # (C, 32, 32)
+    maps = (maps / maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).cpu().numpy()
     fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
     axes[0].imshow(show(x)[0], interpolation="nearest")
     axes[0].set(title=f"input: {label}")
@@ -209,13 +221,13 @@ def fig3_conv1_maps(x, feats, label, path):
 
 
 def fig4_conv5_maps(feats, label, path):
+    """The conv5_x maps, one scale, the blank ones outlined; returns how many are blank."""
     maps = feats["conv5_x"][0].float().cpu().numpy()  # (C, 4, 4)
     blank = maps.reshape(len(maps), -1).max(1) == 0  # (C,) all-zero maps
-    cols = 2 * math.ceil(math.sqrt(len(maps) / 2))
-    h = maps.shape[1]
+    cols, h = 2 * math.ceil(math.sqrt(len(maps) / 2)), maps.shape[1]
     fig, ax = plt.subplots(figsize=(14, 8))
-    cmap = plt.get_cmap("gray").with_extremes(bad="white")
-    ax.imshow(grid(maps / max(maps.max(), 1e-12), cols), cmap=cmap, vmin=0, vmax=1,
+    ax.imshow(grid(maps / max(maps.max(), 1e-12), cols),
+              cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1,
               interpolation="nearest")
     for i in np.flatnonzero(blank):
         r, c = divmod(i, cols)
@@ -232,118 +244,82 @@ def fig5_deconvnet(model, x, feats, path):
     """Top: the study's Figure 5, the reconstructions from whole layers. Below: each of the
     most active channels alone, from its strongest activation."""
     layers = [(layer, guided) for guided in (False, True) for layer in ("conv1", "conv5_x")]
-    whole = [contrast(project(model, x, layer, guided=guided))[0] for layer, guided in layers]
-    rows = []
+    rows = [("input", [show(x)[0]] + [contrast(project(model, x, layer, guided=g))[0]
+                                      for layer, g in layers],
+             ["input"] + [f"from all of {layer}{', guided' if g else ''}" for layer, g in layers])]
     for layer, guided in (("conv1", False), ("conv5_x", False), ("conv5_x", True)):
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
         channels = strength.argsort(descending=True)[:TOP_CHANNELS].tolist()
-        recons = [contrast(project(model, x, layer, c, keep="max", guided=guided))[0]
-                  for c in channels]
-        rows.append((f"{layer}{', guided' if guided else ''}", channels, recons))
-
-    fig = plt.figure(figsize=(2 * (TOP_CHANNELS + 1), 2.3 * len(rows) + 3.6))
-    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, 2.3 * len(rows)])
-    axes = top.subplots(1, 1 + len(layers))
-    axes[0].imshow(show(x)[0], interpolation="nearest")
-    axes[0].set_title("input")
-    for ax, (layer, guided), r in zip(axes[1:], layers, whole):
-        ax.imshow(r, interpolation="nearest")
-        ax.set_title(f"from all of {layer}{', guided' if guided else ''}")
-    for ax in axes:
-        ax.axis("off")
-    top.suptitle("Reconstructions from a whole layer (the study's Figure 5): every activation "
-                 "of the layer projected back to pixel space")
-    grid_axes = bottom.subplots(len(rows), TOP_CHANNELS + 1)
-    for (name, channels, recons), row in zip(rows, grid_axes):
-        row[0].imshow(show(x)[0], interpolation="nearest")
-        row[0].set_title("input")
-        for ax, c, r in zip(row[1:], channels, recons):
-            ax.imshow(r, interpolation="nearest")
-            ax.set_title(f"{name} ch {c}", fontsize=9)
-        for ax in row:
+        rows.append((layer, [show(x)[0]] + [contrast(project(model, x, layer, c, keep="max",
+                                                             guided=guided))[0]
+                                            for c in channels],
+                     ["input"] + [f"{layer}{', guided' if guided else ''} ch {c}"
+                                  for c in channels]))
+    fig, axes = plt.subplots(len(rows), TOP_CHANNELS + 1, figsize=(2 * (TOP_CHANNELS + 1),
+                                                                     2.3 * len(rows)))
+    for (_, images, titles), row in zip(rows, axes):
+        for ax, image, title in zip(row, images + [None] * len(row), titles + [""] * len(row)):
+            if image is not None:
+                ax.imshow(image, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
             ax.axis("off")
-    bottom.suptitle("One channel at a time: each channel's strongest activation, most active "
-                    "channels first; last row guided.\nEvery panel is scaled to its own range "
-                    "(contrast-enhanced, grey = 0)")
+    fig.suptitle("Row 1: reconstructions from a whole layer (the study's Figure 5). Below, one "
+                 "channel at a time: each channel's strongest activation, most active first;\n"
+                 "last row guided. Every panel is scaled to its own range (contrast-enhanced, "
+                 "grey = 0)")
     save(fig, path)
 
 
 def fig6_compare(runs, path):
-    """runs: [(label, history)]. Train dashed, test solid, one colour per run."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"),
-                           (axes[1], "acc", "Accuracy (%)")):
-        for (label, history), colour in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]
-                                            * len(runs)):
-            it = [h["iteration"] for h in history]
-            ax.plot(it, [h[f"train_{key}"] for h in history], "--", color=colour,
-                    label=f"{label}, train")
-            ax.plot(it, [h[f"test_{key}"] for h in history], "-", color=colour,
-                    label=f"{label}, test")
-        ax.set(xlabel="iteration", title=title)
+    """runs: [(label, history)]."""
+    fig, axes = curves([(f"{label}, ", history, "") for label, history in runs],
+                       "Learning curves: train (no augmentation) dashed, test solid")
+    for ax in axes:
         ax.legend(fontsize=7)
-    fig.suptitle("Learning curves: train (no augmentation) dashed, test solid")
     save(fig, path)
 
 
 def top9(model, test_x, test_y, layer, channel, out):
-    p = next(model.parameters())
-    strength = []  # per test image, the channel's strongest activation
-    with torch.no_grad():
-        for i in range(0, len(test_x), 500):
-            act = model.features(cifar.normalize(test_x[i:i + 500].to(p.device)))[layer]
-            strength.append(act[:, channel].flatten(1).amax(1))  # (B, C, h, w) -> (B,)
-    idx = torch.cat(strength).argsort(descending=True)[:9]
+    """test_x: the uint8 test images on the model's device."""
+    with torch.no_grad():  # per test image, the channel's strongest activation
+        strength = torch.cat([model.features(cifar.normalize(x))[layer][:, channel].flatten(1)
+                              .amax(1) for x in test_x.split(500)])  # (N,)
+    idx = strength.argsort(descending=True)[:9]  # on the device, as test_x
     names = [cifar.CLASSES[test_y[i]] for i in idx.tolist()]
     print(f"top9 {layer}:{channel}: test images {idx.tolist()} ({', '.join(names)})")
-    x = cifar.normalize(test_x[idx].to(p.device))  # (9, 3, 32, 32)
+    x = cifar.normalize(test_x[idx])  # (9, 3, 32, 32)
     recons = contrast(project(model, x, layer, channel, keep="max"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    axes[0].imshow(np.nan_to_num(grid(recons, 3), nan=1.0), interpolation="nearest")
-    axes[0].set_title("deconvnet projections (contrast-enhanced)")
-    axes[1].imshow(np.nan_to_num(grid(show(x), 3), nan=1.0), interpolation="nearest")
-    axes[1].set_title("the test images")
-    for ax in axes:
+    for ax, images, title in ((axes[0], recons, "deconvnet projections (contrast-enhanced)"),
+                              (axes[1], show(x), "the test images")):
+        ax.imshow(np.nan_to_num(grid(images, 3), nan=1.0), interpolation="nearest")
+        ax.set_title(title)
         ax.axis("off")
     fig.suptitle(f"The 9 test images that most activate {layer} channel {channel}: "
                  f"{', '.join(names)}")
     save(fig, Path(out) / f"top9_{layer}_{channel}.png")
 
 
-def localize_maps(model, x, target):
-    """Figure 7's maps of one image for one network: occlusion of the class, occlusion of the
-    strongest conv5_x channel (relative to its unoccluded total), Grad-CAM (4 x 4), the guided
-    projection from conv5_x; and the class probability unoccluded."""
-    with torch.no_grad():
-        prob = model(x).softmax(1)[0, target].item()
-        act = model.features(x)["conv5_x"][0].sum((1, 2))  # (C,) total per channel
-    channel = int(act.argmax())
-    return {"occlusion": localize.occlusion(model, x, target),
-            "feature": localize.occlusion_feature(model, x, "conv5_x", channel)
-            / act[channel].clamp(min=1e-12),
-            "gradcam": localize.gradcam(model, x, target),  # (4, 4)
-            "guided": project(model, x, "conv5_x", guided=True),
-            "channel": channel, "prob": prob}
-
-
 def fig7_localize(model, test_x, test_y, index, path):
     """Rows: the --image on the trained network, the same on random weights, then the first
     test image of every other class. Columns: input, occlusion of the true class, occlusion of
-    the strongest conv5_x channel, Grad-CAM over the image, guided projection from conv5_x."""
-    p = next(model.parameters())
-    fresh = localize.reinitialised(model)
+    the strongest conv5_x channel, Grad-CAM over the image, guided projection from conv5_x.
+    Returns the maps of the --image on the trained network."""
     others = [int(np.flatnonzero(test_y == c)[0]) for c in range(10)
               if c != test_y[index] and (test_y == c).any()]
-    rows = [(model, index, "trained"), (fresh, index, "random weights")] + \
-        [(model, i, "trained") for i in others]
+    rows = [(model, index, "trained"), (localize.reinitialised(model), index, "random weights")]
+    rows += [(model, i, "trained") for i in others]
     titles = ["input", "P(true class), square over\neach place: 0 dark, 1 bright",
-              "strongest conv5_x channel,\nshare of its total: 0 dark, 1 bright",
+              "strongest conv5_x channel: its total\nwith the square there, as a share of\n"
+              "its total without it: 0 dark, 1 bright",
               "Grad-CAM at conv5_x,\nshare of its max: 0 dark, 1 bright",
               "guided projection from\nall of conv5_x (grey = 0)"]
     fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows)), layout="constrained")
+    first = None
     for (net, i, kind), row in zip(rows, axes):
-        x = cifar.normalize(torch.as_tensor(test_x[i:i + 1]).to(p.device))
-        m = localize_maps(net, x, int(test_y[i]))
+        x = cifar.normalize(test_x[i:i + 1])
+        m = localize.maps(net, x, int(test_y[i]))
+        first = first or m
         name = cifar.CLASSES[test_y[i]]
         row[0].imshow(show(x)[0], interpolation="nearest")
         row[0].set_ylabel(f"test image {i} ({name}),\n{kind}:\nP({name}) = {m['prob']:.2f}",
@@ -367,33 +343,7 @@ def fig7_localize(model, test_x, test_y, index, path):
                  "grey square, stride 2), Grad-CAM, guided backpropagation;\nrow 2: the same "
                  "architecture with random weights (Adebayo et al. 2018)", fontsize=10)
     save(fig, path)
-
-
-def sanity(model, test_x, test_y, per_class):
-    """The randomisation test: Spearman's rho between each Figure 7 map on the trained network
-    and on random weights, over the first `per_class` test images of every class; markdown."""
-    p = next(model.parameters())
-    fresh = localize.reinitialised(model)
-    picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:per_class]]
-    rho = {k: [] for k in ("deconvnet", "guided", "occlusion", "gradcam")}
-    for i in picks:
-        x = cifar.normalize(torch.as_tensor(test_x[i:i + 1]).to(p.device))
-        a, b = (localize_maps(net, x, int(test_y[i])) for net in (model, fresh))
-        a["deconvnet"], b["deconvnet"] = (project(net, x, "conv5_x") for net in (model, fresh))
-        for k in rho:
-            if k in ("deconvnet", "guided"):  # a pixel map: the size of the projection
-                a[k], b[k] = a[k][0].abs().sum(0), b[k][0].abs().sum(0)
-            rho[k].append(localize.spearman(a[k], b[k]))
-    lines = [f"Randomisation test over {len(picks)} test images (the first {per_class} of each "
-             f"class): Spearman's rho between each map on the trained network and on random "
-             f"weights",
-             "| Map | rho, mean ± std | images with a constant map (rho undefined) |",
-             "|---|---:|---:|"]
-    for k, values in rho.items():
-        v = torch.tensor(values, dtype=torch.float64)
-        ok = v[~v.isnan()]
-        lines.append(f"| {k} | {ok.mean():.2f} ± {ok.std():.2f} | {int(v.isnan().sum())} |")
-    return "\n".join(lines)
+    return first
 
 
 def labels(paths, runs):
@@ -401,79 +351,180 @@ def labels(paths, runs):
     file where two entries would still read the same."""
     keys = [k for k in ("lr", "batch", "momentum", "wd", "seed", "iters", "lr_drops", "amp")
             if len({str(r[k]) for r in runs}) > 1]
-    names = [describe(r) + "".join(f", {k} {r[k]}" for k in keys) for r in runs]
+    names = [f"{'plain' if r['plain'] else 'ResNet'}-{r['depth']}, width {r['width']}"
+             + "".join(f", {k} {r[k]}" for k in keys) for r in runs]
     return [f"{n} ({p})" if names.count(n) > 1 else n for n, p in zip(names, paths)]
+
+
+# --- The report -------------------------------------------------------------------------------
+
+def report(ckpt, model, facts, drawn, path):
+    """report.md: the study redone for this run, every number from the checkpoint and the
+    figures just drawn (`facts`); `drawn`: the figures' file names with their titles."""
+    run, history, prov = ckpt["args"], ckpt["history"], ckpt.get("provenance", {})
+    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else
+                     f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
+                     for k, v in run.items() if k in study.SETTINGS and k != "data"
+                     and v is not False)
+    s = prov.get("seconds")
+    lines = [f"# Reproduction report: {model.name}, at iteration {ckpt['iteration']:,}", "",
+             "## Provenance", "", "| | |", "|---|---|",
+             f"| Network | {model.name}: {sum(p.numel() for p in model.parameters()):,} "
+             f"parameters |", f"| Settings | `python train.py {flags}` |",
+             f"| Data | {ckpt['data_fingerprint']} |",
+             f"| Device | {prov.get('device', 'not recorded')} |",
+             f"| torch | {prov.get('torch', 'not recorded')} |",
+             f"| Training time | {'not recorded' if s is None else f'{s / 3600:.2f} h'} "
+             f"(summed over resumes) |",
+             f"| Source (sha256 of resnet18.py, cifar.py, train.py) | "
+             f"{prov.get('source', 'not recorded')} |"]
+    if "data" in facts:
+        lines.append(f"| Figures 3-5 and 7 drawn from | the test images in {facts['data']} |")
+    lines += ["", "## Table 1", "", study.table(history), "", "## Figures", ""]
+    for name, title in drawn:
+        lines += [f"### {title}", "", f"![{title}]({name})", "", caption(name, facts, run), ""]
+    if "sanity" in facts:
+        lines += ["## The randomisation test", "", facts["sanity"], ""]
+    lines += ["## The study's claims, checked", "", "| Claim | This run | Verdict |",
+              "|---|---|---|"]
+    lines += [f"| {c} | {e} | {v} |" for c, e, v in study.claims(
+        history, run, facts.get("blank5"), facts.get("located"))]
+    checkpoint.write_atomic(path, lambda f: f.write("\n".join(lines).encode() + b"\n"))
+    print(f"wrote {path}")
+
+
+def caption(name, f, run):
+    """The caption of one figure, from this run's numbers."""
+    if name == FIGURES[0]:
+        parts = [f"Test accuracy {a['test_acc']:.2f} % at {a['iteration']:,}, just before the "
+                 f"drop at {d:,}, and {b['test_acc']:.2f} % at {b['iteration']:,}, just after."
+                 for d in run["lr_drops"] for a, b in [study.around(f["history"], d) or (0, 0)]
+                 if a]
+        low = run["lr_drops"] and study.lowest_loss(f["history"], run["lr_drops"][0])
+        if low:
+            parts.append(f"After the first drop the test loss is lowest at {low[0]['iteration']:,} "
+                         f"({low[0]['test_loss']:.4f}); the last evaluation is "
+                         f"{100 * (low[1]['test_loss'] / low[0]['test_loss'] - 1):.1f} % above "
+                         f"it.")
+        return " ".join(parts) or "Train and test loss and accuracy at every evaluation."
+    image = f"{f.get('label')}, P({f.get('class')}) = {f.get('prob', 0):.2f}"
+    return {FIGURES[1]: f"The {run['width']} conv1 filters, each scaled alone.",
+            FIGURES[2]: f"{image}: {f.get('blank1')} of its {run['width']} conv1 maps are blank.",
+            FIGURES[3]: f"{image}: {f.get('blank5', (0, 0))[0]} of its {8 * run['width']} "
+                        f"conv5_x maps are blank (all zero).",
+            FIGURES[4]: f"{image}: reconstructions from all of conv1 and of conv5_x, then the "
+                        f"most active channels one at a time.",
+            FIGURES[5]: "The learning curves of the runs compared.",
+            FIGURES[6]: f"{image}: the grey square takes P({f.get('class')}) down to "
+                        f"{f.get('located', (0,))[0]:.2f} at lowest."}.get(name, image)
+
+
+def test_images(args, ckpt):
+    """(folder, test images uint8, labels) for Figures 3-5 and 7, checked before any figure is
+    written; (None, None, None) where there are none."""
+    data = args.data
+    if data is None:
+        data = ckpt["args"]["data"]  # the run's own folder, if it is still there
+        try:
+            test_x, test_y = cifar.load_cifar10(data, train=False)
+        except FileNotFoundError:
+            return None, None, None
+        print(f"test images from {data}, the run's --data")
+    else:
+        test_x, test_y = cifar.load_cifar10(data, train=False)
+    if ckpt.get("test_fingerprint", "") not in ("", cifar.fingerprint(test_x, test_y)):
+        wrong = f"the test images in {data} are not the ones {args.ckpt} was evaluated on"
+        if args.data is None:
+            raise ValueError(f"{wrong}: pass --data with the run's CIFAR-10 folder")
+        print(f"warning: {wrong}; the figures show these images", file=sys.stderr)
+    return data, torch.as_tensor(test_x), test_y
+
+
+def image_figures(model, args, test_x, test_y, spec, out):
+    """Figures 3-5 and 7, --top9 and --sanity for the --image; what the report cites."""
+    want, index = set(args.figures), pick_image(args.image, test_y, args.data)
+    x = cifar.normalize(test_x[index:index + 1])  # (1, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.features(x)
+        prob = model(x).softmax(1)[0, test_y[index]].item()
+    f = {"label": f"test image {index} ({cifar.CLASSES[test_y[index]]})",
+         "class": cifar.CLASSES[test_y[index]], "prob": prob}
+    if 3 in want:
+        f["blank1"] = fig3_conv1_maps(x, feats, f["label"], out / FIGURES[2])
+        print(f"conv1: {f['blank1']} of {model.width} feature maps of {f['label']} are blank")
+    if 4 in want:
+        f["blank5"] = (fig4_conv5_maps(feats, f["label"], out / FIGURES[3]), 8 * model.width)
+        print(f"conv5_x: {f['blank5'][0]} of {f['blank5'][1]} feature maps of {f['label']} are "
+              f"blank (all zero)")
+    if 5 in want:
+        fig5_deconvnet(model, x, feats, out / FIGURES[4])
+    if spec:
+        top9(model, test_x, test_y, *spec, out)
+    if 7 in want:
+        m = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])
+        f["located"] = (m["occlusion"].min().item(), m["prob"])
+    if args.sanity:
+        picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
+        rho = localize.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
+        f["sanity"] = "\n".join(
+            [f"Spearman's rho between each map on the trained network and on random weights, "
+             f"over {len(picks)} test images (the first {args.sanity} of each class):", "",
+             "| Map | rho, mean ± std | images with a constant map (rho undefined) |",
+             "|---|---:|---:|"] + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |"
+                                   for k, (m, s, n) in rho.items()])
+        print(f["sanity"])
+        if "located" in f:
+            f["located"] += (rho["occlusion"][0],)
+    f.pop("located", None) if len(f.get("located", ())) < 3 else None
+    return f
 
 
 def main(argv=None):
     args = get_args(argv)
     device = checkpoint.pick_device(args.device)
     paths = [Path(args.ckpt), *map(Path, args.compare)]
-    twice = [p for p in paths if [q.resolve() for q in paths].count(p.resolve()) > 1]
-    if twice:
-        raise ValueError(f"--compare: {twice[0]} is given twice")
-    (ckpt, run), *others = [checkpoint.load_valid(p) for p in paths]
-    spec = args.top9 and parse_top9(args.top9, run["width"])
-
-    # The test images, checked (with --image) before any figure is written.
-    data = args.data
-    if data is None and (cifar.find_folder(run["data"]) / cifar.TEST_FILES[0]).is_file():
-        data = run["data"]  # the run's own folder, still there
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise ValueError("--compare: a checkpoint is given twice")
+    (ckpt, model), *others = [checkpoint.load(p) for p in paths]
+    run, history, want = ckpt["args"], ckpt["history"], set(args.figures)
+    spec = args.top9 and parse_top9(args.top9, model.width)
+    data, test_x, test_y = test_images(args, ckpt)
     if data is not None:
-        test_x, test_y = cifar.load_cifar10(data, train=False)
-        index = pick_image(args.image, test_y, data)
-        if ckpt.get("test_fingerprint", "") not in ("", checkpoint.fingerprint(test_x, test_y)):
-            wrong = f"the test images in {data} are not the ones {args.ckpt} was evaluated on"
-            if args.data is None:
-                raise ValueError(f"{wrong}: pass --data with the run's CIFAR-10 folder")
-            print(f"warning: {wrong}; the figures show these images", file=sys.stderr)
-
+        args.data = data
+        pick_image(args.image, test_y, data)
+    elif want <= {3, 4, 5, 7} or spec or args.sanity:
+        raise ValueError(f"Figures 3-5 and 7, --top9 and --sanity need test images, and the "
+                         f"run's data folder ({run['data']}) has none: pass --data with the "
+                         f"CIFAR-10 folder")
     out = Path(args.out)
-    want = set(args.figures)
-    check_out([out / FIGURES[k - 1] for k in want]
+    check_out([out / FIGURES[k - 1] for k in want] + [out / "report.md"]
               + ([out / f"top9_{spec[0]}_{spec[1]}.png"] if spec else []))
-    model = build(run, ckpt["model"], device).eval()
+    model.to(device, memory_format=torch.channels_last)
     out.mkdir(parents=True, exist_ok=True)
-    history = ckpt["history"]
-    print(f"{args.ckpt}: {describe(run)} at iteration {ckpt['iteration']:,}")
-    print(f"Table 1 of this run, beside the study's:\n{study.table(history)}" if history else
-          "no evaluation in this checkpoint yet: no Table 1, no Figure 1")
+    print(f"{args.ckpt}: {model.name} at iteration {ckpt['iteration']:,}")
+    print(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
+    facts = {"history": history}
     if history and 1 in want:
-        fig1_learning_curve(history, run, out / "fig1_learning_curve.png")
+        fig1_learning_curve(history, run, model.name, out / FIGURES[0])
     if 2 in want:
-        fig2_conv1_filters(model, out / "fig2_conv1_filters.png")
+        fig2_conv1_filters(model, out / FIGURES[1])
     if args.compare and 6 in want:
-        runs = [run] + [r for _, r in others]
-        fig6_compare(list(zip(labels(paths, runs), [ckpt["history"]] +
-                              [c["history"] for c, _ in others])), out / "fig6_compare.png")
+        runs = [run] + [c["args"] for c, _ in others]
+        fig6_compare(list(zip(labels(paths, runs), [history] + [c["history"] for c, _ in others])),
+                     out / FIGURES[5])
     if data is None:
-        print(f"Figures 3-5 and 7 (feature maps, deconvnet, localisation) and --top9 need test "
-              f"images, and the run's data folder ({run['data']}) has none: pass --data with the "
-              f"CIFAR-10 folder")
-        return 0
-    if args.data is None:
-        print(f"test images from {data}, the run's --data")
-    test_x = torch.as_tensor(test_x)
-    x = cifar.normalize(test_x[index:index + 1].to(device))  # (1, 3, 32, 32)
-    label = f"test image {index} ({cifar.CLASSES[test_y[index]]})"
-    with torch.no_grad():
-        feats = model.features(x)
-    if 3 in want:
-        blank = fig3_conv1_maps(x, feats, label, out / "fig3_conv1_maps.png")
-        print(f"conv1: {blank} of {feats['conv1'].shape[1]} feature maps of {label} are blank "
-              f"(all zero)")
-    if 4 in want:
-        blank = fig4_conv5_maps(feats, label, out / "fig4_conv5_maps.png")
-        print(f"conv5_x: {blank} of {feats['conv5_x'].shape[1]} feature maps of {label} are "
-              f"blank (all zero)")
-    if 5 in want:
-        fig5_deconvnet(model, x, feats, out / "fig5_deconvnet.png")
-    if spec:
-        top9(model, test_x, test_y, *spec, out)
-    if 7 in want:
-        fig7_localize(model, test_x.numpy(), test_y, index, out / "fig7_localize.png")
-    if args.sanity:
-        print(sanity(model, test_x.numpy(), test_y, args.sanity))
+        print(f"Figures 3-5 and 7 need test images, and the run's data folder ({run['data']}) "
+              f"has none: pass --data with the CIFAR-10 folder")
+    else:
+        facts.update(image_figures(model, args, test_x.to(device), test_y, spec, out),
+                     data=data)
+    titles = ["Figure 1: learning curves", "Figure 2: conv1 filters", "Figure 3: conv1 feature "
+              "maps", "Figure 4: conv5_x feature maps", "Figure 5: deconvnet reconstructions",
+              "Figure 6: runs compared", "Figure 7: does the network look at the object?"]
+    drawn = [(n, t) for n, t in zip(FIGURES, titles) if (out / n).exists() and
+             int(n[3]) in want] + ([(f"top9_{spec[0]}_{spec[1]}.png", "The 9 test images that "
+                                     f"most activate {spec[0]} channel {spec[1]}")] if spec else [])
+    report(ckpt, model, facts, drawn, out / "report.md")
     return 0
 
 

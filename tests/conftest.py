@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import checkpoint  # the repository root is on sys.path: pyproject.toml's pythonpath
 import cifar
@@ -136,3 +137,17 @@ def real_data_dir():
         pytest.skip("set CIFAR10_DIR to a cifar-10-batches-bin folder to run the tests on real "
                     "images (.ci/run sets it to ../shared/cifar10/cifar-10-batches-bin)")
     return Path(folder).resolve()
+
+
+def trained_looking(model, dtype=torch.float32):
+    """`model` in `dtype` with BatchNorm statistics and affine parameters as training leaves
+    them (not 0 and 1), so that every layer's arithmetic shows; in eval mode."""
+    model = model.to(dtype)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for t, low, high in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0),
+                                     (m.weight, 0.5, 1.5), (m.bias, -0.5, 0.5)):
+                    t.copy_(torch.rand(t.shape, generator=g, dtype=dtype) * (high - low) + low)
+    return model.eval()

@@ -2,6 +2,7 @@
 import hashlib
 import io
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def test_read_batch_layout(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    (b"", "empty file"),
+    (b"", "0 bytes, not a whole number"),
     (bytes(3073 * 2 - 1), "not a whole number"),
     (bytes(3073 * 2 + 5), "not a whole number"),
     (bytes(3073) + bytes([10]) + bytes(3072), "record 1 has label 10"),
@@ -103,7 +104,12 @@ def test_download_refuses_members_outside_the_folder(tmp_path, member):
     else:
         members[member] = b"x"
     md5 = make_archive(archive, members)
-    with pytest.raises(ValueError, match="unsafe member"):
+    if member == "/tmp/absolute-cifar-test.bin":  # the data filter makes it relative: inside
+        cifar.download_cifar10(tmp_path / "data", url=archive.as_uri(), md5=md5)
+        assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [cifar.FOLDER]
+        assert not Path(member).exists()
+        return
+    with pytest.raises(ValueError, match="could not extract it .an unsafe member"):
         cifar.download_cifar10(tmp_path / "data", url=archive.as_uri(), md5=md5)
     assert list((tmp_path / "data").iterdir()) == []
     assert not (tmp_path / "escaped.bin").exists()

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from deconvnet import project
+from conftest import trained_looking
 from resnet18 import STAGES, ResNet, ResNet18
 
 
@@ -26,24 +27,10 @@ class DeconvReLU(torch.autograd.Function):
         return (r * (x > 0) if ctx.guided else r), None
 
 
-def trained_looking(model):
-    """float64, with non-trivial BatchNorm statistics and affine parameters."""
-    torch.manual_seed(0)
-    model = model.double()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, 32, 32, dtype=torch.double) * 2 + 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return trained_looking(ResNet18(width=4))
+    return trained_looking(ResNet18(width=4), torch.double)
 
 
 def oracle(model, x, layer, channel, keep, guided):
@@ -85,7 +72,7 @@ def test_project_equals_the_autograd_oracle(model, layer, keep, guided):
 @pytest.mark.parametrize("depth,plain", [(18, False), (18, True), (34, False), (34, True)])
 def test_project_of_a_whole_layer_equals_the_autograd_oracle(depth, plain, layer, guided):
     torch.manual_seed(depth + plain)
-    net = trained_looking(ResNet(depth, width=4, plain=plain))
+    net = trained_looking(ResNet(depth, width=4, plain=plain), torch.double)
     x = torch.randn(2, 3, 32, 32, dtype=torch.double)
     got = project(net, x, layer, guided=guided)
     want = oracle(net, x, layer, None, "map", guided)

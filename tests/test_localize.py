@@ -5,25 +5,16 @@ import torch
 import torch.nn.functional as F
 
 import localize
+from conftest import trained_looking
 from resnet18 import STAGES, ResNet
 
 
 @pytest.fixture(scope="module")
 def nets():
-    """A trained-looking network (random BatchNorm statistics, so that layers differ) and its
-    plain twin, in eval mode."""
-    out = []
-    for depth, plain in ((18, False), (34, True)):
-        torch.manual_seed(depth)
-        model = ResNet(depth, width=4, plain=plain)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
-        out.append(model.eval())
-    return out
+    """A trained-looking network and its plain twin, in eval mode."""
+    torch.manual_seed(0)
+    return [trained_looking(ResNet(depth, width=4, plain=plain))
+            for depth, plain in ((18, False), (34, True))]
 
 
 def image(seed=0, dtype=torch.float32):

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import trained_looking
 from resnet18 import STAGES, BasicBlock, ResNet18, ResNet34
 
 F = torch.nn.functional
@@ -55,10 +56,7 @@ def test_resnet34_has_he_et_al_blocks_and_plain_has_no_shortcut():
 
 def test_plain_block_matches_a_functional_oracle():
     torch.manual_seed(0)
-    block = BasicBlock(4, 8, stride=2, plain=True).eval()
-    for m in (block.bn1, block.bn2):
-        m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
-        m.weight.data.uniform_(0.5, 2)
+    block = trained_looking(BasicBlock(4, 8, stride=2, plain=True))
     x = torch.randn(2, 4, 8, 8)
 
     def bn(t, m):
@@ -70,11 +68,7 @@ def test_plain_block_matches_a_functional_oracle():
 
 def test_basic_block_matches_a_functional_oracle():
     torch.manual_seed(0)
-    block = BasicBlock(4, 8, stride=2).eval()
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 2)
+    block = trained_looking(BasicBlock(4, 8, stride=2))
     x = torch.randn(2, 4, 8, 8)
 
     def bn(t, m):

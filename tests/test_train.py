@@ -77,12 +77,12 @@ def test_a_run_shorter_than_the_studys_drop_keeps_the_rate_and_says_so():
     assert drops("--iters", "32001") == [32000]
     assert drops("--iters", "50000", "--lr-drops", "48000", "32000") == [32000, 48000]
     assert "learning rate 0.1 for the whole run (the study's first 1,000 iterations" in \
-        train.schedule(train.get_args(["--iters", "1000"])[0])
+        study.in_words(0.1, drops("--iters", "1000"), 1000)
 
 
 def test_get_args_tells_the_flags_given_from_the_defaults():
     args, given = train.get_args(["--width", "64", "--resume", "--lr-drops"])
-    assert given == {"width": 64, "resume": True, "lr_drops": []}
+    assert given == {"width": 64, "lr_drops": []}
     assert args.width == 64 and args.iters == 50000 and args.lr == 0.1
 
 
@@ -90,14 +90,6 @@ def test_get_args_tells_the_flags_given_from_the_defaults():
                                           (3600, "1 h 00 min 00 s"), (22618.2, "6 h 16 min 58 s")])
 def test_hms_reads_as_hours_minutes_seconds(seconds, text):
     assert train.hms(seconds) == text
-
-
-@pytest.mark.parametrize("it,iters,every,left", [(0, 2000, 200, 10), (100, 2000, 200, 10),
-                                                 (200, 2000, 200, 9), (0, 250, 100, 3),
-                                                 (0, 50, 0, 1), (1999, 2000, 200, 1)])
-def test_evals_left_counts_every_evaluation_and_the_last(it, iters, every, left):
-    args = train.get_args(["--iters", str(iters), "--eval-every", str(every)])[0]
-    assert train.evals_left(it, args) == left
 
 
 def test_cli_writes_checkpoint_csv_and_table(tiny_data, tmp_path):
@@ -216,7 +208,7 @@ def project_steps(data, dtype=torch.float32, amp=False, compiled=False, device="
     model = ResNet18(width=8).to(device, dtype, memory_format=torch.channels_last)
     params = list(model.parameters())
     bufs = [torch.zeros_like(p) for p in params]
-    step_model = torch.compile(model) if compiled else model
+    step_model = train.compiled(model, torch.device(device)) if compiled else model
     return torch.stack([train.train_step(step_model, params, bufs, x.to(dtype), y, 0.05, 0.9,
                                          2e-4, amp).cpu() for x, y in data])
 
@@ -318,8 +310,8 @@ def test_resume_takes_a_change_of_what_is_still_ahead_and_says_so(tiny_data, tmp
     r = run_cli("train.py", "--resume", "--ckpt", "part.pt", "--iters", 30, "--eval-every", 5,
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "continuing from iteration 20 to 30, extending to 30 iterations (it was set to 20); " \
-           "the learning rate will drop at 25; evaluating every 5 iterations (was 10)" in r.stdout
+    assert "continuing from iteration 20 to 30, changing --iters 20 -> 30, --lr-drops (none) " \
+           "-> 25, --eval-every 10 -> 5" in r.stdout
     assert same_weights(tmp_path / "straight.pt", tmp_path / "part.pt")
 
 
