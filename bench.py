@@ -19,11 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import cifar
 import checkpoint
-from checkpoint import pick_device
+import cifar
 from resnet18 import ResNet18
-from train import train_step
+from train import compiled, exact, train_step
 
 
 def textbook_batch(images_hwc, labels, batch, rng, device):
@@ -64,10 +63,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps per round and path (default 20)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in the project's step")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the project's model (on CUDA: mode reduce-overhead, "
-                        "CUDA graphs)")
+                   help="torch.compile the project's model as train.py does (on CUDA: mode "
+                        "reduce-overhead, CUDA graphs)")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
+    device = checkpoint.pick_device(args.device)
+    exact(device)  # as train.py runs: on CUDA, deterministic cuDNN and no TF32
     g = torch.Generator().manual_seed(0)  # the images' content does not matter
     images = torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (10000,), generator=g)
@@ -88,9 +88,7 @@ def main(argv=None):
     # (b) this project's step
     torch.manual_seed(0)
     model = ResNet18(width=args.width).to(device, memory_format=torch.channels_last)
-    step_model = model
-    if args.compile:
-        step_model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    step_model = compiled(model, device) if args.compile else model
     params = list(model.parameters())
     bufs = [torch.zeros_like(q) for q in params]
     loader = cifar.Loader(images, labels, args.batch, device)

@@ -1,17 +1,26 @@
-"""The GPU path: the same computations on CUDA as on the CPU. Every test skips without CUDA."""
+"""The GPU path: the same computations on CUDA as on the CPU. Every test skips without CUDA.
+
+CUDA runs as train.py runs it (train.exact): cuDNN's deterministic algorithms, and float32 as
+float32 (TF32 off), so the tolerances against the CPU are the CPU's own.
+"""
 import pytest
 import torch
 
 import cifar
 import train
-from resnet18 import build
 from conftest import run_cli
+from resnet18 import ResNet18
 from test_train import batches, project_steps, textbook_steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs CUDA: this machine has no GPU (gpu_check.sh runs "
                                        "these on a lent one)")
 CUDA = ("--width", 8, "--batch", 8, "--no-download", "--device", "cuda")  # conftest's TINY, on CUDA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def exact_cuda():
+    train.exact(torch.device("cuda"))
 
 
 def is_crop_or_mirror(out, image):
@@ -56,7 +65,7 @@ def test_amp_on_cuda_stays_close_to_float32():
                                project_steps(data, device="cuda"), rtol=0.05, atol=0.05)
 
 
-def test_compile_on_cuda_matches_eager():
+def test_compile_on_cuda_in_train_pys_mode_matches_eager():  # mode reduce-overhead
     data = batches(device="cuda")
     eager = project_steps(data, device="cuda")
     torch.testing.assert_close(project_steps(data, compiled=True, device="cuda"), eager,
@@ -65,7 +74,7 @@ def test_compile_on_cuda_matches_eager():
 
 def test_no_host_device_sync_inside_the_loop():
     torch.manual_seed(0)
-    model = build({"width": 8, "depth": 18, "plain": False}, None, "cuda")
+    model = ResNet18(width=8).to("cuda", memory_format=torch.channels_last)
     params = list(model.parameters())
     bufs = [torch.zeros_like(p) for p in params]
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)

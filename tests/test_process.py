@@ -7,13 +7,15 @@ import resource
 import shlex
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
 import checkpoint
-from conftest import TINY, make_cifar, run_process, run_with_fault, start_process, wait_for
+from conftest import (ENV, REPO, TINY, make_cifar, run_process, run_with_fault, start_process,
+                      wait_for)
 from test_faults import assert_one_line_error
 
 pytestmark = pytest.mark.slow
@@ -48,7 +50,7 @@ def assert_same_weights(a, b):
 # --- The CLI's wiring: one line, from a real process ------------------------------------------
 
 @pytest.mark.parametrize("script,args,message", [
-    ("train.py", ("--iters", 0), "--iters: must be a positive integer"),
+    ("train.py", ("--iters", 0), "--iters: must be an integer from 1"),
     ("train.py", ("--data", "missing", *TINY), "missing data_batch_1.bin"),
     ("visualize.py", ("--ckpt", "missing.pt"), "missing.pt: no such checkpoint file"),
     ("cifar.py", ("a", "b"), "unrecognized arguments: b")])
@@ -74,7 +76,7 @@ def test_a_second_run_on_the_same_checkpoint_fails_at_once_naming_the_first(tiny
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)
     assert first.returncode == 128 + signal.SIGINT
-    checkpoint.load_valid(tmp_path / "run.pt", resume=True)  # the first run's, whole
+    checkpoint.load(tmp_path / "run.pt", resume=True)  # the first run's, whole
     assert not (tmp_path / "run.pt.lock").exists()
 
 
@@ -87,7 +89,7 @@ def test_sigkill_at_a_random_moment_loses_nothing(reference, tmp_path, trial):
     proc.kill()
     proc.communicate()
     if (tmp_path / "run.pt").exists():  # whatever was left behind is a valid checkpoint
-        assert checkpoint.load_valid(tmp_path / "run.pt", resume=True)[0]["iteration"] % 20 == 0
+        assert checkpoint.load(tmp_path / "run.pt", resume=True)[0]["iteration"] % 20 == 0
     finish(tmp_path)
     assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
 
@@ -100,7 +102,7 @@ def test_sigkill_during_a_checkpoint_save(reference, tmp_path):
     proc.kill()
     proc.communicate()
     assert list(tmp_path.glob(".run.pt.*.tmp")), "the kill landed inside the save"
-    assert checkpoint.load_valid(tmp_path / "run.pt", resume=True)[0]["iteration"] == 40
+    assert checkpoint.load(tmp_path / "run.pt", resume=True)[0]["iteration"] == 40
     finish(tmp_path)
     assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
 
@@ -113,7 +115,7 @@ def test_a_signal_saves_and_the_printed_command_continues_exactly(reference, tmp
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig and "Traceback" not in err, err
-    it = checkpoint.load_valid(tmp_path / "run.pt", resume=True)[0]["iteration"]
+    it = checkpoint.load(tmp_path / "run.pt", resume=True)[0]["iteration"]
     head, command = err.strip().split("; continue with: ")
     assert head == f"{signal.Signals(sig).name}: stopped at iteration {it:,}; run.pt saved"
     assert 10 <= it < 400
@@ -215,3 +217,12 @@ def test_the_quick_recipe_interrupted_continues_with_the_printed_command(tiny_da
     assert "with the run's own settings; learning rate 0.1, divided by 10 at 128" in r.stdout
     a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("straight.pt", "quick.pt"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_check_without_a_gpu_stops_at_once_with_one_line_and_writes_nothing(tmp_path):
+    r = subprocess.run(["bash", str(REPO / "gpu_check.sh"), str(tmp_path / "data")],
+                       env={**ENV, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("gpu_check.sh: no GPU here") and list(tmp_path.iterdir()) == []

@@ -1,13 +1,16 @@
-"""visualize.py: the figures from tiny checkpoints, and the filter grid's scale."""
+"""visualize.py: the figures and the report from tiny checkpoints, the filter grid's scale, and
+the rules by which a run tests the study's claims (study.claims)."""
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import checkpoint
 import cifar
+import study
 import visualize
 from conftest import TINY, make_cifar, run_cli
-from resnet18 import describe
 
 FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig7_localize.png"]
@@ -33,7 +36,7 @@ def test_cli_writes_every_figure_and_the_sanity_table(tiny_run, tmp_path):
         png = (tmp_path / "figs" / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000, name
     assert "| Iterations |" in r.stdout and "feature maps of test image 3" in r.stdout
-    assert "Randomisation test over 10 test images (the first 1 of each class)" in r.stdout
+    assert "over 10 test images (the first 1 of each class)" in r.stdout
     for method in ("deconvnet", "guided", "occlusion", "gradcam"):
         assert f"| {method} | " in r.stdout
 
@@ -51,9 +54,8 @@ def test_compare_draws_every_run_labelled_by_its_network(tiny_run, tmp_path):
                 "--out", tmp_path, "--figures", 6, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "fig6_compare.png").read_bytes().startswith(b"\x89PNG")
-    runs = [checkpoint.load_valid(tiny_run / n)[1] for n in ("run.pt", "plain34.pt")]
-    assert [describe(r) for r in runs] == ["ResNet-18, width 8",
-                                                                 "plain-34, width 8"]
+    assert [checkpoint.load(tiny_run / n)[1].name for n in ("run.pt", "plain34.pt")] == \
+        ["ResNet-18, width 8", "plain-34, width 8"]
 
 
 def test_cli_without_data_uses_the_runs_data_or_draws_what_it_can(tiny_run, tmp_path):
@@ -70,6 +72,7 @@ def test_cli_without_data_uses_the_runs_data_or_draws_what_it_can(tiny_run, tmp_
     assert r.returncode == 0, r.stderr
     assert "need test images" in r.stdout and "pass --data" in r.stdout
     assert sorted(p.name for p in (tmp_path / "b").glob("*.png")) == FIGURES[:2]
+    assert (tmp_path / "b" / "report.md").exists()
 
 
 def test_filter_grid_maps_zero_to_mid_grey():
@@ -86,3 +89,64 @@ def test_filter_grid_maps_zero_to_mid_grey():
     f1 = img[1:4, 5:8]
     # Symmetric, to its own max.
     assert f1.min() >= 0 and f1.max() <= 1 and (f1.min() == 0 or f1.max() == 1)
+
+
+def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, tmp_path,
+                                                                      monkeypatch):
+    counted = {}
+    for name in ("fig3_conv1_maps", "fig4_conv5_maps"):
+        def spy(*args, real=getattr(visualize, name), name=name):
+            counted[name] = real(*args)
+            return counted[name]
+        monkeypatch.setattr(visualize, name, spy)
+    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--image", 3, "--sanity", 1,
+                "--out", tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "report.md").read_text()
+    history = torch.load(tiny_run / "run.pt", weights_only=True)["history"]
+    row = next(ln for ln in text.splitlines() if ln.startswith("| Test accuracy (%) |"))
+    assert [float(c) for c in row.split("|")[2:-1]] == [round(h["test_acc"], 2) for h in history]
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) == 6 and all((tmp_path / link).is_file() for link in links)
+    assert f": {counted['fig3_conv1_maps']} of its 8 conv1 maps are blank" in text
+    assert f": {counted['fig4_conv5_maps']} of its 64 conv5_x maps are blank" in text
+    assert f"| {counted['fig4_conv5_maps']} of 64 | " in text  # the claim's evidence
+    assert "--sanity" not in text.split("## The study's claims")[1]  # localisation measured
+
+
+def history_of(acc10k, jump, late_rise, train_last):
+    """An evaluation every 1,000 iterations of the study's schedule, shaped to order."""
+    rows = []
+    for it in range(1000, 50001, 1000):
+        after = it > study.DROP
+        rows.append({"iteration": it, "test_acc": 85.0 + jump * after,
+                     "test_loss": 0.5 - 0.1 * after + (late_rise * (it - 40000) / 10000 * 0.4
+                                                       if it > 40000 else 0),
+                     "train_acc": train_last if it == 50000 else 90.0})
+    rows[9]["test_acc"] = acc10k
+    return rows
+
+
+STUDYS = {"depth": 18, "width": 64, "plain": False, "lr_drops": [study.DROP]}
+
+
+@pytest.mark.parametrize("made_to", ["hold", "fail"])
+def test_each_claim_follows_its_rule(made_to):
+    hold = made_to == "hold"
+    history = history_of(acc10k=80.0 if hold else 70.0, jump=5.0 if hold else 1.0,
+                         late_rise=1.0 if hold else 0.0, train_last=99.9 if hold else 97.0)
+    history[-1]["test_acc"] = 93.0 if hold else 85.0
+    verdicts = [v for _, _, v in study.claims(history, STUDYS, blank=(40, 64) if hold else (3, 64),
+                                              located=(0.1, 0.9, 0.2) if hold else (0.8, 0.9, 0.2))]
+    assert verdicts == ["holds" if hold else "does not hold"] * 7
+
+
+def test_a_claim_a_run_cannot_test_says_why():
+    short = [h for h in history_of(79.6, 5.0, 1.0, 100.0) if h["iteration"] <= 2000]
+    reasons = [v for _, _, v in study.claims(short, {**STUDYS, "width": 16, "lr_drops": []})]
+    assert reasons == ["not measured: the network is not the study's ResNet-18 at width 64"] * 2 \
+        + ["not measured: the run has no evaluations either side of a drop",
+           "not measured: fewer than three evaluations after a drop",
+           "not measured: the run is shorter (2,000 of 50,000 iterations)",
+           "not measured: no test image, so no Figure 4",
+           "not measured: the randomisation test was not asked for (--sanity N)"]
