@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves, tree_map_only
 
 import checkpoint  # the repository root is on sys.path: pyproject.toml's pythonpath
 import cifar
@@ -151,3 +153,50 @@ def trained_looking(model, dtype=torch.float32):
                                      (m.weight, 0.5, 1.5), (m.bias, -0.5, 0.5)):
                     t.copy_(torch.rand(t.shape, generator=g, dtype=dtype) * (high - low) + low)
     return model.eval()
+
+
+class HostAndDevice(TorchFunctionMode):
+    """CUDA's rule for host and device tensors, on the CPU: see test_devices.py."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        host = [getattr(t, "_host", False) for t in tensors]
+        if name == "numpy" and not host[0]:
+            raise RuntimeError("numpy() of a device tensor: call .cpu() first")
+        if name == "__getitem__" and host[0] and not all(host):
+            raise RuntimeError("indices should be either on cpu or on the same device as the "
+                               "indexed tensor")
+        if name not in ("copy_", "__getitem__", "__setitem__", "to", "cpu") and \
+                not all(host) and any(h and t.dim() for h, t in zip(host, tensors)):
+            raise RuntimeError(f"{name}: expected all tensors to be on the same device, but "
+                               f"found at least two devices, the host and the device")
+        out = func(*args, **kwargs)
+        if name in ("to", "cpu") and out is args[0]:
+            out = out.view_as(out)  # as a copy to another device is: a tensor of its own
+        on_host = name == "cpu" or (name != "to" and "device" not in kwargs and all(host))
+        if name == "to" and not any(isinstance(a, (str, torch.device)) for a in
+                                    list(args[1:]) + list(kwargs.values())):
+            on_host = host[0]  # .to(dtype) or .to(memory_format=...): where it was
+
+        def mark(t):
+            t._host = on_host
+            return t
+        return tree_map_only(torch.Tensor, mark, out)
+
+
+@contextlib.contextmanager
+def one_device():
+    """Run under HostAndDevice; what torch.load gives is on the host (map_location="cpu"), and
+    the data's constants are made afresh (their cache is per device)."""
+    real = torch.load
+    torch.load = lambda *args, **kwargs: tree_map_only(
+        torch.Tensor, lambda t: setattr(t, "_host", True) or t, real(*args, **kwargs))
+    cifar._mean_std.cache_clear()
+    try:
+        with HostAndDevice():
+            yield
+    finally:
+        torch.load = real
+        cifar._mean_std.cache_clear()

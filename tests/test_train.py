@@ -130,9 +130,9 @@ def same_weights(a, b):
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("network", [(), ("--depth", 34, "--plain")], ids=["ResNet-18", "plain-34"])
-def test_resume_is_bit_exact(tiny_data, tmp_path, network):
-    args = ("--data", tiny_data, "--lr-drops", 12, "--eval-every", 10, *TINY, *network)
+def test_resume_of_a_plain_34_is_bit_exact(tiny_data, tmp_path):  # ResNet-18's: further down
+    args = ("--data", tiny_data, "--lr-drops", 12, "--eval-every", 10, *TINY, "--depth", 34,
+            "--plain")
     r = run_cli("train.py", *args, "--iters", 30, "--ckpt", "straight.pt", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = run_cli("train.py", *args, "--iters", 15, "--ckpt", "split.pt", cwd=tmp_path)

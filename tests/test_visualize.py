@@ -10,7 +10,7 @@ import checkpoint
 import cifar
 import study
 import visualize
-from conftest import TINY, make_cifar, run_cli
+from conftest import TINY, make_cifar, one_device, run_cli
 
 FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig7_localize.png"]
@@ -27,18 +27,53 @@ def tiny_run(tmp_path_factory):
     return folder
 
 
-def test_cli_writes_every_figure_and_the_sanity_table(tiny_run, tmp_path):
-    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--data", tiny_run / "data",
-                "--image", 3, "--out", tmp_path / "figs", "--top9", "conv5_x:2", "--sanity", 1,
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    for name in FIGURES + ["top9_conv5_x_2.png"]:
-        png = (tmp_path / "figs" / name).read_bytes()
+@pytest.fixture(scope="module")
+def drawn(tiny_run, tmp_path_factory):
+    """visualize.py once with every figure, --top9 and --sanity, under CUDA's rule of one device
+    (conftest.HostAndDevice); the counts Figures 3 and 4 returned."""
+    out, counted, real = tmp_path_factory.mktemp("figs"), {}, {}
+    for name in ("fig3_conv1_maps", "fig4_conv5_maps"):
+        real[name] = getattr(visualize, name)
+
+        def spy(*args, name=name):
+            counted[name] = real[name](*args)
+            return counted[name]
+        setattr(visualize, name, spy)
+    try:
+        with one_device():
+            r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--data", tiny_run / "data",
+                        "--image", 3, "--out", out, "--top9", "conv5_x:2", "--sanity", 1,
+                        "--compare", tiny_run / "plain34.pt", "--device", "cpu", cwd=out)
+    finally:
+        for name, f in real.items():
+            setattr(visualize, name, f)
+    return r, out, counted
+
+
+def test_every_figure_top9_and_the_sanity_test_keep_one_device(drawn):
+    r, out, _ = drawn
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    for name in FIGURES + ["fig6_compare.png", "top9_conv5_x_2.png"]:
+        png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000, name
     assert "| Iterations |" in r.stdout and "feature maps of test image 3" in r.stdout
     assert "over 10 test images (the first 1 of each class)" in r.stdout
     for method in ("deconvnet", "guided", "occlusion", "gradcam"):
         assert f"| {method} | " in r.stdout
+
+
+def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, drawn):
+    r, out, counted = drawn
+    text = (out / "report.md").read_text()
+    history = torch.load(tiny_run / "run.pt", weights_only=True)["history"]
+    row = next(ln for ln in text.splitlines() if ln.startswith("| Test accuracy (%) |"))
+    assert [float(c) for c in row.split("|")[2:-1]] == [round(h["test_acc"], 2) for h in history]
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) == 8 and all((out / link).is_file() for link in links)
+    assert f": {counted['fig3_conv1_maps']} of its 8 conv1 maps are blank" in text
+    assert f": {counted['fig4_conv5_maps']} of its 64 conv5_x maps are blank" in text
+    assert f"| {counted['fig4_conv5_maps']} of 64 | " in text  # the claim's evidence
+    assert "--sanity" not in text.split("## The study's claims")[1]  # localisation measured
 
 
 def test_image_by_class_name_is_the_first_test_image_of_that_class(tiny_run, tmp_path):
@@ -47,15 +82,6 @@ def test_image_by_class_name_is_the_first_test_image_of_that_class(tiny_run, tmp
                 "--out", tmp_path, "--figures", 4, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"feature maps of test image {first_ship} (ship)" in r.stdout
-
-
-def test_compare_draws_every_run_labelled_by_its_network(tiny_run, tmp_path):
-    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--compare", tiny_run / "plain34.pt",
-                "--out", tmp_path, "--figures", 6, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "fig6_compare.png").read_bytes().startswith(b"\x89PNG")
-    assert [checkpoint.load(tiny_run / n)[1].name for n in ("run.pt", "plain34.pt")] == \
-        ["ResNet-18, width 8", "plain-34, width 8"]
 
 
 def test_cli_without_data_uses_the_runs_data_or_draws_what_it_can(tiny_run, tmp_path):
@@ -89,29 +115,6 @@ def test_filter_grid_maps_zero_to_mid_grey():
     f1 = img[1:4, 5:8]
     # Symmetric, to its own max.
     assert f1.min() >= 0 and f1.max() <= 1 and (f1.min() == 0 or f1.max() == 1)
-
-
-def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, tmp_path,
-                                                                      monkeypatch):
-    counted = {}
-    for name in ("fig3_conv1_maps", "fig4_conv5_maps"):
-        def spy(*args, real=getattr(visualize, name), name=name):
-            counted[name] = real(*args)
-            return counted[name]
-        monkeypatch.setattr(visualize, name, spy)
-    r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--image", 3, "--sanity", 1,
-                "--out", tmp_path, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    text = (tmp_path / "report.md").read_text()
-    history = torch.load(tiny_run / "run.pt", weights_only=True)["history"]
-    row = next(ln for ln in text.splitlines() if ln.startswith("| Test accuracy (%) |"))
-    assert [float(c) for c in row.split("|")[2:-1]] == [round(h["test_acc"], 2) for h in history]
-    links = re.findall(r"\]\(([^)]+)\)", text)
-    assert len(links) == 6 and all((tmp_path / link).is_file() for link in links)
-    assert f": {counted['fig3_conv1_maps']} of its 8 conv1 maps are blank" in text
-    assert f": {counted['fig4_conv5_maps']} of its 64 conv5_x maps are blank" in text
-    assert f"| {counted['fig4_conv5_maps']} of 64 | " in text  # the claim's evidence
-    assert "--sanity" not in text.split("## The study's claims")[1]  # localisation measured
 
 
 def history_of(acc10k, jump, late_rise, train_last):
