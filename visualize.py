@@ -38,7 +38,7 @@ import cifar
 import localize
 import study
 from deconvnet import project
-from resnet18 import STAGES
+from resnet18 import STAGES, WIDTHS
 
 matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
 TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
@@ -84,7 +84,7 @@ def parse_top9(spec, width):
     if layer not in STAGES or not channel.isdigit():
         raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of "
                          f"{', '.join(STAGES)}")
-    channels = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 8}[layer] * width
+    channels = WIDTHS[layer] * width
     if int(channel) >= channels:
         raise ValueError(f"--top9 {spec}: {layer} has {channels} channels, no channel {channel}")
     return layer, int(channel)
@@ -358,125 +358,114 @@ def labels(paths, runs):
 
 # --- The report -------------------------------------------------------------------------------
 
-def report(ckpt, model, facts, drawn, path):
-    """report.md: the study redone for this run, every number from the checkpoint and the
-    figures just drawn (`facts`); `drawn`: the figures' file names with their titles."""
-    run, history, prov = ckpt["args"], ckpt["history"], ckpt.get("provenance", {})
-    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else
-                     f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
-                     for k, v in run.items() if k in study.SETTINGS and k != "data"
-                     and v is not False)
-    s = prov.get("seconds")
+def curve_caption(history, drops):
+    """Figure 1's caption: the test accuracy around each drop, and the late rise of the loss."""
+    words = [f"Test accuracy {a['test_acc']:.2f} % at {a['iteration']:,}, just before the drop "
+             f"at {d:,}, and {b['test_acc']:.2f} % at {b['iteration']:,}, just after."
+             for d in drops if (pair := study.around(history, d)) for a, b in [pair]]
+    if drops and (low := study.lowest_loss(history, drops[0])):
+        words.append(f"After it the test loss is lowest at {low[0]['iteration']:,} "
+                     f"({low[0]['test_loss']:.4f}); the last evaluation is "
+                     f"{100 * (low[1]['test_loss'] / low[0]['test_loss'] - 1):.1f} % above it.")
+    return " ".join(words) or "Train and test loss and accuracy at every evaluation."
+
+
+def report(ckpt, model, drawn, facts, path):
+    """report.md: the study redone for this run, from the checkpoint and the figures just drawn
+    (`drawn`: file, title, caption); `facts`: what the claims need."""
+    run, prov = ckpt["args"], ckpt.get("provenance", {})
+    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else " " + (
+        " ".join(map(str, v)) if isinstance(v, list) else str(v)))
+        for k, v in run.items() if k in study.SETTINGS and k != "data" and v is not False)
+    hours = f"{prov['seconds'] / 3600:.2f} h" if "seconds" in prov else "not recorded"
+    rows = [("Network", f"{model.name}: {sum(p.numel() for p in model.parameters()):,} "
+                        f"parameters"), ("Settings", f"`python train.py {flags}`"),
+            ("Data", ckpt["data_fingerprint"]), ("Test images of the figures", facts["images"]),
+            ("Device", prov.get("device", "not recorded")),
+            ("torch", prov.get("torch", "not recorded")),
+            ("Training time, summed over resumes", hours),
+            ("Source: sha256 of resnet18.py, cifar.py, train.py", prov.get("source",
+                                                                            "not recorded"))]
     lines = [f"# Reproduction report: {model.name}, at iteration {ckpt['iteration']:,}", "",
-             "## Provenance", "", "| | |", "|---|---|",
-             f"| Network | {model.name}: {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters |", f"| Settings | `python train.py {flags}` |",
-             f"| Data | {ckpt['data_fingerprint']} |",
-             f"| Device | {prov.get('device', 'not recorded')} |",
-             f"| torch | {prov.get('torch', 'not recorded')} |",
-             f"| Training time | {'not recorded' if s is None else f'{s / 3600:.2f} h'} "
-             f"(summed over resumes) |",
-             f"| Source (sha256 of resnet18.py, cifar.py, train.py) | "
-             f"{prov.get('source', 'not recorded')} |"]
-    if "data" in facts:
-        lines.append(f"| Figures 3-5 and 7 drawn from | the test images in {facts['data']} |")
-    lines += ["", "## Table 1", "", study.table(history), "", "## Figures", ""]
-    for name, title in drawn:
-        lines += [f"### {title}", "", f"![{title}]({name})", "", caption(name, facts, run), ""]
-    if "sanity" in facts:
-        lines += ["## The randomisation test", "", facts["sanity"], ""]
+             "| Provenance | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
+             "## Table 1", "", study.table(ckpt["history"]), ""]
+    for name, title, words in drawn:
+        lines += [f"## {title}", "", f"![{title}]({name})", "", words, ""]
     lines += ["## The study's claims, checked", "", "| Claim | This run | Verdict |",
-              "|---|---|---|"]
-    lines += [f"| {c} | {e} | {v} |" for c, e, v in study.claims(
-        history, run, facts.get("blank5"), facts.get("located"))]
+              "|---|---|---|"] + [f"| {c} | {e} | {v} |" for c, e, v in study.claims(
+                  ckpt["history"], run, facts.get("blank5"), facts.get("located"))]
     checkpoint.write_atomic(path, lambda f: f.write("\n".join(lines).encode() + b"\n"))
     print(f"wrote {path}")
-
-
-def caption(name, f, run):
-    """The caption of one figure, from this run's numbers."""
-    if name == FIGURES[0]:
-        parts = [f"Test accuracy {a['test_acc']:.2f} % at {a['iteration']:,}, just before the "
-                 f"drop at {d:,}, and {b['test_acc']:.2f} % at {b['iteration']:,}, just after."
-                 for d in run["lr_drops"] for a, b in [study.around(f["history"], d) or (0, 0)]
-                 if a]
-        low = run["lr_drops"] and study.lowest_loss(f["history"], run["lr_drops"][0])
-        if low:
-            parts.append(f"After the first drop the test loss is lowest at {low[0]['iteration']:,} "
-                         f"({low[0]['test_loss']:.4f}); the last evaluation is "
-                         f"{100 * (low[1]['test_loss'] / low[0]['test_loss'] - 1):.1f} % above "
-                         f"it.")
-        return " ".join(parts) or "Train and test loss and accuracy at every evaluation."
-    image = f"{f.get('label')}, P({f.get('class')}) = {f.get('prob', 0):.2f}"
-    return {FIGURES[1]: f"The {run['width']} conv1 filters, each scaled alone.",
-            FIGURES[2]: f"{image}: {f.get('blank1')} of its {run['width']} conv1 maps are blank.",
-            FIGURES[3]: f"{image}: {f.get('blank5', (0, 0))[0]} of its {8 * run['width']} "
-                        f"conv5_x maps are blank (all zero).",
-            FIGURES[4]: f"{image}: reconstructions from all of conv1 and of conv5_x, then the "
-                        f"most active channels one at a time.",
-            FIGURES[5]: "The learning curves of the runs compared.",
-            FIGURES[6]: f"{image}: the grey square takes P({f.get('class')}) down to "
-                        f"{f.get('located', (0,))[0]:.2f} at lowest."}.get(name, image)
 
 
 def test_images(args, ckpt):
     """(folder, test images uint8, labels) for Figures 3-5 and 7, checked before any figure is
     written; (None, None, None) where there are none."""
-    data = args.data
-    if data is None:
-        data = ckpt["args"]["data"]  # the run's own folder, if it is still there
-        try:
-            test_x, test_y = cifar.load_cifar10(data, train=False)
-        except FileNotFoundError:
-            return None, None, None
-        print(f"test images from {data}, the run's --data")
-    else:
+    data = args.data or ckpt["args"]["data"]  # else the run's own folder, if still there
+    try:
         test_x, test_y = cifar.load_cifar10(data, train=False)
+    except FileNotFoundError:
+        if args.data:
+            raise
+        return None, None, None
     if ckpt.get("test_fingerprint", "") not in ("", cifar.fingerprint(test_x, test_y)):
         wrong = f"the test images in {data} are not the ones {args.ckpt} was evaluated on"
         if args.data is None:
             raise ValueError(f"{wrong}: pass --data with the run's CIFAR-10 folder")
         print(f"warning: {wrong}; the figures show these images", file=sys.stderr)
+    print(f"test images from {data}" + ("" if args.data else ", the run's --data"))
     return data, torch.as_tensor(test_x), test_y
 
 
-def image_figures(model, args, test_x, test_y, spec, out):
-    """Figures 3-5 and 7, --top9 and --sanity for the --image; what the report cites."""
+def image_figures(model, args, test_x, test_y, spec, out, drawn):
+    """Figures 3-5 and 7, --top9 and --sanity for the --image (test_x on the model's device);
+    appends to `drawn`, returns what the claims need."""
     want, index = set(args.figures), pick_image(args.image, test_y, args.data)
     x = cifar.normalize(test_x[index:index + 1])  # (1, 3, 32, 32)
     with torch.no_grad():
         feats = model.features(x)
         prob = model(x).softmax(1)[0, test_y[index]].item()
-    f = {"label": f"test image {index} ({cifar.CLASSES[test_y[index]]})",
-         "class": cifar.CLASSES[test_y[index]], "prob": prob}
+    name = cifar.CLASSES[test_y[index]]
+    label, facts = f"test image {index} ({name})", {}
+    image = f"{label}, P({name}) = {prob:.2f}"
+
+    def add(*figure):
+        drawn.append(figure)
+        print(figure[2])
     if 3 in want:
-        f["blank1"] = fig3_conv1_maps(x, feats, f["label"], out / FIGURES[2])
-        print(f"conv1: {f['blank1']} of {model.width} feature maps of {f['label']} are blank")
+        blank = fig3_conv1_maps(x, feats, label, out / FIGURES[2])
+        add(FIGURES[2], "Figure 3: conv1 feature maps",
+            f"{image}: {blank} of its {model.width} conv1 maps are blank (all zero).")
     if 4 in want:
-        f["blank5"] = (fig4_conv5_maps(feats, f["label"], out / FIGURES[3]), 8 * model.width)
-        print(f"conv5_x: {f['blank5'][0]} of {f['blank5'][1]} feature maps of {f['label']} are "
-              f"blank (all zero)")
+        facts["blank5"] = (fig4_conv5_maps(feats, label, out / FIGURES[3]), 8 * model.width)
+        add(FIGURES[3], "Figure 4: conv5_x feature maps",
+            f"{image}: {facts['blank5'][0]} of its {8 * model.width} conv5_x maps are blank.")
     if 5 in want:
         fig5_deconvnet(model, x, feats, out / FIGURES[4])
+        add(FIGURES[4], "Figure 5: deconvnet reconstructions", f"{image}: reconstructions from "
+            f"all of conv1 and of conv5_x, then channel by channel.")
     if spec:
         top9(model, test_x, test_y, *spec, out)
+        add(f"top9_{spec[0]}_{spec[1]}.png", f"The 9 test images that most activate {spec[0]} "
+            f"channel {spec[1]}", "Zeiler & Fergus' Figure 2, for this run.")
     if 7 in want:
-        m = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])
-        f["located"] = (m["occlusion"].min().item(), m["prob"])
+        lowest = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])["occlusion"].min()
+        add(FIGURES[6], "Figure 7: does the network look at the object?",
+            f"{image}; the grey square takes it down to {lowest:.2f} at lowest.")
     if args.sanity:
         picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
         rho = localize.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
-        f["sanity"] = "\n".join(
-            [f"Spearman's rho between each map on the trained network and on random weights, "
-             f"over {len(picks)} test images (the first {args.sanity} of each class):", "",
-             "| Map | rho, mean ± std | images with a constant map (rho undefined) |",
-             "|---|---:|---:|"] + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |"
-                                   for k, (m, s, n) in rho.items()])
-        print(f["sanity"])
-        if "located" in f:
-            f["located"] += (rho["occlusion"][0],)
-    f.pop("located", None) if len(f.get("located", ())) < 3 else None
-    return f
+        table = "\n".join(
+            [f"The randomisation test: Spearman's rho between each map on the trained network "
+             f"and on random weights, over {len(picks)} test images (the first {args.sanity} "
+             f"of each class).", "", "| Map | rho, mean ± std | images with a constant map "
+             "(rho undefined) |", "|---|---:|---:|"]
+            + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |" for k, (m, s, n) in rho.items()])
+        print(table)
+        if 7 in want:
+            drawn[-1] = drawn[-1][:2] + (drawn[-1][2] + "\n\n" + table,)
+            facts["located"] = (lowest.item(), prob, rho["occlusion"][0])
+    return facts
 
 
 def main(argv=None):
@@ -488,10 +477,9 @@ def main(argv=None):
     (ckpt, model), *others = [checkpoint.load(p) for p in paths]
     run, history, want = ckpt["args"], ckpt["history"], set(args.figures)
     spec = args.top9 and parse_top9(args.top9, model.width)
-    data, test_x, test_y = test_images(args, ckpt)
-    if data is not None:
-        args.data = data
-        pick_image(args.image, test_y, data)
+    args.data, test_x, test_y = test_images(args, ckpt)
+    if args.data is not None:
+        pick_image(args.image, test_y, args.data)  # a bad --image fails before any figure
     elif want <= {3, 4, 5, 7} or spec or args.sanity:
         raise ValueError(f"Figures 3-5 and 7, --top9 and --sanity need test images, and the "
                          f"run's data folder ({run['data']}) has none: pass --data with the "
@@ -503,28 +491,26 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     print(f"{args.ckpt}: {model.name} at iteration {ckpt['iteration']:,}")
     print(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
-    facts = {"history": history}
+    drawn, facts = [], {"images": f"{args.data}" if args.data else "none"}
     if history and 1 in want:
         fig1_learning_curve(history, run, model.name, out / FIGURES[0])
+        drawn.append((FIGURES[0], "Figure 1: learning curves",
+                      curve_caption(history, run["lr_drops"])))
     if 2 in want:
         fig2_conv1_filters(model, out / FIGURES[1])
+        drawn.append((FIGURES[1], "Figure 2: conv1 filters", f"The {model.width} conv1 "
+                      f"filters of 3 x 3, each scaled alone."))
     if args.compare and 6 in want:
         runs = [run] + [c["args"] for c, _ in others]
         fig6_compare(list(zip(labels(paths, runs), [history] + [c["history"] for c, _ in others])),
                      out / FIGURES[5])
-    if data is None:
+        drawn.append((FIGURES[5], "Figure 6: runs compared", ", ".join(labels(paths, runs))))
+    if args.data is None:
         print(f"Figures 3-5 and 7 need test images, and the run's data folder ({run['data']}) "
               f"has none: pass --data with the CIFAR-10 folder")
     else:
-        facts.update(image_figures(model, args, test_x.to(device), test_y, spec, out),
-                     data=data)
-    titles = ["Figure 1: learning curves", "Figure 2: conv1 filters", "Figure 3: conv1 feature "
-              "maps", "Figure 4: conv5_x feature maps", "Figure 5: deconvnet reconstructions",
-              "Figure 6: runs compared", "Figure 7: does the network look at the object?"]
-    drawn = [(n, t) for n, t in zip(FIGURES, titles) if (out / n).exists() and
-             int(n[3]) in want] + ([(f"top9_{spec[0]}_{spec[1]}.png", "The 9 test images that "
-                                     f"most activate {spec[0]} channel {spec[1]}")] if spec else [])
-    report(ckpt, model, facts, drawn, out / "report.md")
+        facts.update(image_figures(model, args, test_x.to(device), test_y, spec, out, drawn))
+    report(ckpt, model, sorted(drawn, key=lambda d: d[0]), facts, out / "report.md")
     return 0
 
 

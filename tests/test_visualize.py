@@ -56,7 +56,7 @@ def test_every_figure_top9_and_the_sanity_test_keep_one_device(drawn):
     for name in FIGURES + ["fig6_compare.png", "top9_conv5_x_2.png"]:
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000, name
-    assert "| Iterations |" in r.stdout and "feature maps of test image 3" in r.stdout
+    assert "| Iterations |" in r.stdout and "test image 3 (" in r.stdout
     assert "over 10 test images (the first 1 of each class)" in r.stdout
     for method in ("deconvnet", "guided", "occlusion", "gradcam"):
         assert f"| {method} | " in r.stdout
@@ -81,7 +81,7 @@ def test_image_by_class_name_is_the_first_test_image_of_that_class(tiny_run, tmp
     r = run_cli("visualize.py", "--ckpt", tiny_run / "plain34.pt", "--image", "ship",
                 "--out", tmp_path, "--figures", 4, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert f"feature maps of test image {first_ship} (ship)" in r.stdout
+    assert f"test image {first_ship} (ship), P(ship) = " in r.stdout
 
 
 def test_cli_without_data_uses_the_runs_data_or_draws_what_it_can(tiny_run, tmp_path):
