@@ -137,6 +137,8 @@ def table(history):
             ("Study test accuracy (%)",
              [f"{TEST_ACC[h['iteration']]:.2f}" if h["iteration"] in TEST_ACC else "-"
               for h in cols])]
+    if not any(h["iteration"] in TEST_ACC for h in cols):
+        rows.pop()  # a run that reaches none of the study's columns
     lines = [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     lines.insert(1, "|---" + "|---:" * len(cols) + "|")
     return "\n".join(lines)

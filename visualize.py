@@ -1,23 +1,13 @@
-"""The study's Figures 1-5, Table 1 and its claims checked, from a checkpoint of train.py, written
-as report.md beside the figures; Figure 6 compares runs. For a run of --width w (the paper's 64):
-
-    fig1_learning_curve.png   train and test loss and accuracy against iterations
-    fig2_conv1_filters.png    the w conv1 filters (RGB, 3 x 3)
-    fig3_conv1_maps.png       a test image and its w conv1 feature maps (32 x 32)
-    fig4_conv5_maps.png       its 8w conv5_x feature maps (4 x 4), blank ones counted
-    fig5_deconvnet.png        deconvnet reconstructions (Zeiler & Fergus 2014): from all of
-                              conv1 and of conv5_x, as the study draws them, then channel by channel
-    fig6_compare.png          with --compare: the learning curves of several runs on shared axes
-    fig7_localize.png         does the network look at the object? Occlusion (Zeiler & Fergus
-                              §4.2), Grad-CAM and the guided projection, for the --image and the
-                              first test image of every other class, and the image again with
-                              random weights (the sanity check of Adebayo et al. 2018)
-    report.md                 the study redone for this run: provenance, Table 1, every figure
-                              with a caption from this run's numbers, the claims with verdicts
-
-Figures 3-5 and 7 need test images: from --data, or else from the folder the run was trained on.
-`--top9 conv5_x:7` also draws the nine test images that most activate a channel beside their
-projections (Zeiler & Fergus, Fig. 2).
+"""The study's Figures 1-5 from a checkpoint of train.py, Figure 6 (runs compared), Figure 7
+(does the network look at the object?), and report.md: the study redone for this run, with
+provenance, Table 1, every figure with a caption from the run's own numbers, and the study's
+claims with verdicts (study.claims). For a run of --width w (the paper's 64): Figure 2 shows
+the w conv1 filters, 3 the w conv1 maps of a test image (32 x 32), 4 its 8w conv5_x maps
+(4 x 4), 5 deconvnet reconstructions (Zeiler & Fergus 2014) from all of conv1 and of conv5_x,
+then channel by channel; 7 occlusion (Zeiler & Fergus §4.2), Grad-CAM and the guided
+projection, with the image again on random weights (Adebayo et al. 2018). Figures 3-5 and 7
+need test images: from --data, or else from the folder the run was trained on. `--top9
+conv5_x:7` draws the nine test images that most activate a channel (Zeiler & Fergus, Fig. 2).
 
     python visualize.py --ckpt run.pt                    # writes figures/fig*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
@@ -50,13 +40,11 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="run.pt", help="checkpoint of train.py (default run.pt)")
-    p.add_argument("--data", help="CIFAR-10 folder with the test images of Figures 3-5 and 7 "
-                                   "(default: the run's --data)")
-    p.add_argument("--image", default="0",
-                   help="the test image of Figures 3-5 and 7: its index, or a class name for "
-                        "the first test image of that class, e.g. ship (default 0)")
+    p.add_argument("--data", help="CIFAR-10 folder with the test images (default: the run's)")
+    p.add_argument("--image", default="0", help="the test image of Figures 3-5 and 7: its "
+                   "index, or a class name for its first test image, e.g. ship (default 0)")
     p.add_argument("--out", default="figures", help="folder for the figures and report.md "
-                                                    "(default figures)")
+                   "(default figures)")
     p.add_argument("--top9", metavar="LAYER:CHANNEL",
                    help="also draw the 9 test images that most activate this channel, e.g. "
                         "conv5_x:7 (conv1 and conv2_x have w channels, conv3_x 2w, conv4_x 4w, "
@@ -246,7 +234,7 @@ def fig5_deconvnet(model, x, feats, path):
     layers = [(layer, guided) for guided in (False, True) for layer in ("conv1", "conv5_x")]
     rows = [("input", [show(x)[0]] + [contrast(project(model, x, layer, guided=g))[0]
                                       for layer, g in layers],
-             ["input"] + [f"from all of {layer}{', guided' if g else ''}" for layer, g in layers])]
+             ["input"] + [f"all of {layer}{', guided' if g else ''}" for layer, g in layers])]
     for layer, guided in (("conv1", False), ("conv5_x", False), ("conv5_x", True)):
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
         channels = strength.argsort(descending=True)[:TOP_CHANNELS].tolist()
@@ -413,6 +401,7 @@ def test_images(args, ckpt):
         if args.data is None:
             raise ValueError(f"{wrong}: pass --data with the run's CIFAR-10 folder")
         print(f"warning: {wrong}; the figures show these images", file=sys.stderr)
+        data = f"{data} (not the ones the run was evaluated on)"
     print(f"test images from {data}" + ("" if args.data else ", the run's --data"))
     return data, torch.as_tensor(test_x), test_y
 
