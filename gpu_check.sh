@@ -64,8 +64,9 @@ if [ $TESTS_OK = 1 ] && [ -n "${IPS[compile]}" ] && [ -n "${IPS[eager]}" ] \
 echo "== the study: --iters 50000 --batch 32 --device cuda ${FAST:-(eager)}"
 TMP="$(mktemp -d)"
 start=$SECONDS
-timeout --preserve-status -s TERM -k 15 "$(( $(limit 600) - 25 ))" $PY train.py --data "$DATA" --no-download \
-  --iters 50000 --batch 32 --device cuda --ckpt "$TMP/study.pt" $FAST > "$OUT/study.log" 2>&1
+timeout --preserve-status -s TERM -k 15 "$(( $(limit 600) - 25 ))" $PY train.py --data "$DATA" \
+  --no-download --iters 50000 --batch 32 --device cuda --ckpt "$TMP/study.pt" $FAST \
+  > "$OUT/study.log" 2>&1
 status=$?
 echo "train.py exit status $status after $((SECONDS - start)) s (143: stopped by the time" \
      "limit, and saved)" | tee -a "$OUT/study.log"

@@ -60,7 +60,8 @@ def replace(f, make):
 
 
 BAD_BATCH = {  # how data_batch_3.bin is broken: (how to make it so, the words of the error)
-    "truncated": (lambda f: set_bytes(f, lambda b: b[:-100]), "not a whole number (1 to 60,000) of 3073-byte"),
+    "truncated": (lambda f: set_bytes(f, lambda b: b[:-100]),
+                  "not a whole number (1 to 60,000) of 3073-byte"),
     "extra bytes": (lambda f: set_bytes(f, lambda b: b + bytes(7)), "not a whole number"),
     "empty": (lambda f: f.write_bytes(b""), "0 bytes, not a whole number"),
     "bad label": (lambda f: set_bytes(f, lambda b: b[:6146] + b"\xc8" + b[6147:]),
