@@ -111,8 +111,8 @@ def spearman(a, b):
 
 def maps(model, x, target):
     """Figure 7's maps of one image for one network: occlusion of the class, occlusion of the
-    strongest conv5_x channel (a share of its unoccluded total), Grad-CAM (4 x 4), the deconvnet
-    and guided projections from all of conv5_x; the channel, and the class probability."""
+    strongest conv5_x channel (a share of its unoccluded total), Grad-CAM (4 x 4), the guided
+    projection from all of conv5_x; the channel, and the class probability."""
     with torch.no_grad():
         prob = model(x).softmax(1)[0, target].item()
         act = model.features(x)["conv5_x"][0].sum((1, 2))  # (C,) total per channel
@@ -121,7 +121,6 @@ def maps(model, x, target):
             "feature": occlusion_feature(model, x, "conv5_x", channel)
             / act[channel].clamp(min=1e-12),
             "gradcam": gradcam(model, x, target),  # (4, 4)
-            "deconvnet": project(model, x, "conv5_x"),
             "guided": project(model, x, "conv5_x", guided=True),
             "channel": channel, "prob": prob}
 
@@ -134,6 +133,7 @@ def sanity(model, images, labels):
     rho = {k: [] for k in ("deconvnet", "guided", "occlusion", "gradcam")}
     for x, y in zip(images.split(1), labels):
         a, b = maps(model, x, int(y)), maps(fresh, x, int(y))
+        a["deconvnet"], b["deconvnet"] = project(model, x, "conv5_x"), project(fresh, x, "conv5_x")
         for k in rho:
             if k in ("deconvnet", "guided"):  # a pixel map: the size of the projection
                 a[k], b[k] = a[k][0].abs().sum(0), b[k][0].abs().sum(0)

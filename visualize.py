@@ -32,6 +32,7 @@ from resnet18 import STAGES, WIDTHS
 
 matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
 TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
+DPI = 100  # pixels per inch of the figures
 FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png", "fig7_localize.png")
 
@@ -141,7 +142,7 @@ def check_out(paths):
 
 def save(fig, path):
     """Written like a checkpoint: a fresh temporary file, then a rename over `path`."""
-    checkpoint.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100,
+    checkpoint.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI,
                                                         bbox_inches="tight"))
     plt.close(fig)
     print(f"wrote {path}")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves, tree_map_only
+from torch.utils._pytree import tree_map_only
 
 import checkpoint  # the repository root is on sys.path: pyproject.toml's pythonpath
 import cifar
@@ -161,7 +161,8 @@ class HostAndDevice(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        tensors = [t for a in (*args, *kwargs.values()) for t in
+                   (a if isinstance(a, (list, tuple)) else [a]) if isinstance(t, torch.Tensor)]
         host = [getattr(t, "_host", False) for t in tensors]
         if name == "numpy" and not host[0]:
             raise RuntimeError("numpy() of a device tensor: call .cpu() first")
@@ -180,10 +181,10 @@ class HostAndDevice(TorchFunctionMode):
                                     list(args[1:]) + list(kwargs.values())):
             on_host = host[0]  # .to(dtype) or .to(memory_format=...): where it was
 
-        def mark(t):
-            t._host = on_host
-            return t
-        return tree_map_only(torch.Tensor, mark, out)
+        for t in out if isinstance(out, (list, tuple)) else [out]:  # tuple: sort's, split's
+            if isinstance(t, torch.Tensor):
+                t._host = on_host
+        return out
 
 
 @contextlib.contextmanager

@@ -31,7 +31,8 @@ def tiny_run(tmp_path_factory):
 def drawn(tiny_run, tmp_path_factory):
     """visualize.py once with every figure, --top9 and --sanity, under CUDA's rule of one device
     (conftest.HostAndDevice); the counts Figures 3 and 4 returned."""
-    out, counted, real = tmp_path_factory.mktemp("figs"), {}, {}
+    out, counted, real = tmp_path_factory.mktemp("figs"), {}, {"DPI": visualize.DPI}
+    visualize.DPI = 30  # small figures: what they show is the same, and drawn faster
     for name in ("fig3_conv1_maps", "fig4_conv5_maps"):
         real[name] = getattr(visualize, name)
 
@@ -55,7 +56,7 @@ def test_every_figure_top9_and_the_sanity_test_keep_one_device(drawn):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     for name in FIGURES + ["fig6_compare.png", "top9_conv5_x_2.png"]:
         png = (out / name).read_bytes()
-        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+        assert png.startswith(b"\x89PNG") and len(png) > 1000, name
     assert "| Iterations |" in r.stdout and "test image 3 (" in r.stdout
     assert "over 10 test images (the first 1 of each class)" in r.stdout
     for method in ("deconvnet", "guided", "occlusion", "gradcam"):
