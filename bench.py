@@ -96,7 +96,12 @@ def main(argv=None):
     def project_step():
         x, y = next(loader)
         train_step(step_model, params, bufs, x, y, 0.01, 0.9, 2e-4, args.amp)
+    compare(base_step, project_step, lambda: next(loader), args, device)
 
+
+def compare(base_step, project_step, data_step, args, device):
+    """Warm both paths up, then alternate rounds of each; print images/s, their ratio, the data
+    pipeline's share of a project step and the peak memory."""
     peak = {}
     for name, fn in (("textbook", base_step), ("project", project_step)):  # warm-up; peak memory
         if device.type == "cuda":
@@ -108,7 +113,7 @@ def main(argv=None):
     for r in range(args.rounds):
         base_t.append(timed(base_step, args.steps, device) / args.steps)
         proj_t.append(timed(project_step, args.steps, device) / args.steps)
-        data_t.append(timed(lambda: next(loader), args.steps, device) / args.steps)
+        data_t.append(timed(data_step, args.steps, device) / args.steps)
         print(f"round {r + 1}: textbook {args.batch / base_t[-1]:7.0f} img/s | project "
               f"{args.batch / proj_t[-1]:7.0f} img/s | ratio {base_t[-1] / proj_t[-1]:.2f}",
               flush=True)

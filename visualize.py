@@ -468,12 +468,12 @@ def main(argv=None):
     run, history, want = ckpt["args"], ckpt["history"], set(args.figures)
     spec = args.top9 and parse_top9(args.top9, model.width)
     args.data, test_x, test_y = test_images(args, ckpt)
+    none = f"Figures 3-5 and 7, --top9 and --sanity need test images, and the run's data " \
+           f"folder ({run['data']}) has none: pass --data with the CIFAR-10 folder"
     if args.data is not None:
         pick_image(args.image, test_y, args.data)  # a bad --image fails before any figure
     elif want <= {3, 4, 5, 7} or spec or args.sanity:
-        raise ValueError(f"Figures 3-5 and 7, --top9 and --sanity need test images, and the "
-                         f"run's data folder ({run['data']}) has none: pass --data with the "
-                         f"CIFAR-10 folder")
+        raise ValueError(none)
     out = Path(args.out)
     check_out([out / FIGURES[k - 1] for k in want] + [out / "report.md"]
               + ([out / f"top9_{spec[0]}_{spec[1]}.png"] if spec else []))
@@ -491,13 +491,12 @@ def main(argv=None):
         drawn.append((FIGURES[1], "Figure 2: conv1 filters", f"The {model.width} conv1 "
                       f"filters of 3 x 3, each scaled alone."))
     if args.compare and 6 in want:
-        runs = [run] + [c["args"] for c, _ in others]
-        fig6_compare(list(zip(labels(paths, runs), [history] + [c["history"] for c, _ in others])),
+        names = labels(paths, [run] + [c["args"] for c, _ in others])
+        fig6_compare(list(zip(names, [history] + [c["history"] for c, _ in others])),
                      out / FIGURES[5])
-        drawn.append((FIGURES[5], "Figure 6: runs compared", ", ".join(labels(paths, runs))))
+        drawn.append((FIGURES[5], "Figure 6: runs compared", ", ".join(names)))
     if args.data is None:
-        print(f"Figures 3-5 and 7 need test images, and the run's data folder ({run['data']}) "
-              f"has none: pass --data with the CIFAR-10 folder")
+        print(none)
     else:
         facts.update(image_figures(model, args, test_x.to(device), test_y, spec, out, drawn))
     report(ckpt, model, sorted(drawn, key=lambda d: d[0]), facts, out / "report.md")
