@@ -347,18 +347,6 @@ def labels(paths, runs):
 
 # --- The report -------------------------------------------------------------------------------
 
-def curve_caption(history, drops):
-    """Figure 1's caption: the test accuracy around each drop, and the late rise of the loss."""
-    words = [f"Test accuracy {a['test_acc']:.2f} % at {a['iteration']:,}, just before the drop "
-             f"at {d:,}, and {b['test_acc']:.2f} % at {b['iteration']:,}, just after."
-             for d in drops if (pair := study.around(history, d)) for a, b in [pair]]
-    if drops and (low := study.lowest_loss(history, drops[0])):
-        words.append(f"After it the test loss is lowest at {low[0]['iteration']:,} "
-                     f"({low[0]['test_loss']:.4f}); the last evaluation is "
-                     f"{100 * (low[1]['test_loss'] / low[0]['test_loss'] - 1):.1f} % above it.")
-    return " ".join(words) or "Train and test loss and accuracy at every evaluation."
-
-
 def report(ckpt, model, drawn, facts, path):
     """report.md: the study redone for this run, from the checkpoint and the figures just drawn
     (`drawn`: file, title, caption); `facts`: what the claims need."""
@@ -484,8 +472,9 @@ def main(argv=None):
     drawn, facts = [], {"images": f"{args.data}" if args.data else "none"}
     if history and 1 in want:
         fig1_learning_curve(history, run, model.name, out / FIGURES[0])
-        drawn.append((FIGURES[0], "Figure 1: learning curves",
-                      curve_caption(history, run["lr_drops"])))
+        jump, rise = study.claims(history, run)[2:4]  # their evidence, in words
+        drawn.append((FIGURES[0], "Figure 1: learning curves", f"Test accuracy around the "
+                      f"drop: {jump[1]}; test loss after it: {rise[1]}."))
     if 2 in want:
         fig2_conv1_filters(model, out / FIGURES[1])
         drawn.append((FIGURES[1], "Figure 2: conv1 filters", f"The {model.width} conv1 "
