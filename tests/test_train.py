@@ -131,17 +131,17 @@ def same_weights(a, b):
 
 
 def test_resume_of_a_plain_34_is_bit_exact(tiny_data, tmp_path):  # ResNet-18's: further down
-    args = ("--data", tiny_data, "--lr-drops", 12, "--eval-every", 10, *TINY, "--depth", 34,
+    args = ("--data", tiny_data, "--lr-drops", 8, "--eval-every", 6, *TINY, "--depth", 34,
             "--plain")
-    r = run_cli("train.py", *args, "--iters", 30, "--ckpt", "straight.pt", cwd=tmp_path)
+    r = run_cli("train.py", *args, "--iters", 16, "--ckpt", "straight.pt", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = run_cli("train.py", *args, "--iters", 15, "--ckpt", "split.pt", cwd=tmp_path)
+    r = run_cli("train.py", *args, "--iters", 9, "--ckpt", "split.pt", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = run_cli("train.py", *args, "--iters", 30, "--ckpt", "split.pt", "--resume", cwd=tmp_path)
+    r = run_cli("train.py", *args, "--iters", 16, "--ckpt", "split.pt", "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert same_weights(tmp_path / "straight.pt", tmp_path / "split.pt")
     hist = torch.load(tmp_path / "split.pt", weights_only=True)["history"]
-    assert [h["iteration"] for h in hist] == [10, 15, 20, 30]
+    assert [h["iteration"] for h in hist] == [6, 9, 12, 16]
 
 
 def test_a_run_trains_its_initial_weights(tiny_data, tmp_path):
