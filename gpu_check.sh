@@ -24,7 +24,9 @@ sys.exit(0 if torch.cuda.is_available() else
   || exit 1
 
 END=$((SECONDS + 540))
-limit() { local left=$((END - SECONDS)); echo $(( left < $1 ? left : $1 )); }
+limit() {  # the smaller of $1 and what is left, and at least 1 (timeout 0 would mean none)
+  local left=$((END - SECONDS)); left=$(( left < $1 ? left : $1 )); echo $(( left > 1 ? left : 1 ))
+}
 FAILED=()
 mkdir -p "$OUT"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -64,9 +66,9 @@ if [ $TESTS_OK = 1 ] && [ -n "${IPS[compile]}" ] && [ -n "${IPS[eager]}" ] \
 echo "== the study: --iters 50000 --batch 32 --device cuda ${FAST:-(eager)}"
 TMP="$(mktemp -d)"
 start=$SECONDS
-timeout --preserve-status -s TERM -k 15 "$(( $(limit 600) - 25 ))" $PY train.py --data "$DATA" \
-  --no-download --iters 50000 --batch 32 --device cuda --ckpt "$TMP/study.pt" $FAST \
-  > "$OUT/study.log" 2>&1
+timeout --preserve-status -s TERM -k 15 "$(limit $((END - SECONDS - 25)))" \
+  $PY train.py --data "$DATA" --no-download --iters 50000 --batch 32 --device cuda \
+  --ckpt "$TMP/study.pt" $FAST > "$OUT/study.log" 2>&1
 status=$?
 echo "train.py exit status $status after $((SECONDS - start)) s (143: stopped by the time" \
      "limit, and saved)" | tee -a "$OUT/study.log"
