@@ -18,15 +18,14 @@ ITERS = 50000  # iterations in all
 DROP = 32000  # the one learning-rate drop (divide by 10)
 TEST_ACC = {10000: 79.60, 20000: 83.40, 30000: 87.83, 40000: 91.06, 50000: 93.56}  # % (Table 1)
 TABLE_EVERY = 10000  # iterations between the columns of Table 1
-# The tolerance of each verdict, stated once: a claim holds within it.
-ACC_POINTS = 3.0  # test accuracy at 10,000 and 50,000 iterations, in points of %, either way
-JUMP_POINTS = 3.0  # the rise of test accuracy across the drop, in points, at least
-JUMP_WINDOW = 2000  # iterations after the drop within which the rise is read
-RISE = 0.05  # the late rise of the test loss over its lowest after the drop, at least 5 %
+# The rules of the verdicts (`claims`), each tolerance stated once:
+ACC_POINTS = 3.0  # the test accuracy at 10,000 and 50,000 iterations: within 3 points either way
+JUMP = (3.0, 2000)  # across the drop: up by 3 points or more within 2,000 iterations
+RISE = 0.05  # late over-fitting: the last test loss at least 5 % above its lowest after the drop
 TRAIN_ALL = 99.5  # train accuracy (%) that counts as 100 %
 BLANK_SHARE = 0.25  # "a lot of blank convolution outputs": at least a quarter of conv5_x maps
-OCCLUDED = 0.5  # covering the object takes P(class) below half its unoccluded value
-RHO = 0.5  # a map that depends on the weights: rank correlation with random weights below this
+OCCLUDED, RHO = 0.5, 0.5  # localised: occlusion takes P(class) below half of itself, and the
+# occlusion map passes the randomisation test (rank correlation with random weights below 0.5)
 
 
 # --- Each setting of a run and the values it may take: the types of train.py's flags, and the
@@ -144,60 +143,45 @@ def table(history):
     return "\n".join(lines)
 
 
-def around(history, drop):
-    """The evaluations just before and just after `drop` (within JUMP_WINDOW), or None."""
-    before = [h for h in history if h["iteration"] <= drop]
-    after = [h for h in history if drop < h["iteration"] <= drop + JUMP_WINDOW]
-    return (before[-1], after[0]) if before and after else None
-
-
-def lowest_loss(history, drop):
-    """(the evaluation of lowest test loss after `drop`, the last one), or None for fewer than
-    three evaluations after it."""
-    late = [h for h in history if h["iteration"] > drop]
-    return (min(late, key=lambda h: h["test_loss"]), late[-1]) if len(late) >= 3 else None
-
-
 def claims(history, run, blank=None, located=None):
     """The study's claims that a run can test: rows (claim, this run's evidence, verdict).
-    run: the run's settings; blank: (blank, all) conv5_x maps of the image, or None; located:
-    (lowest P(class) under occlusion, P(class), occlusion's rho in the randomisation test)."""
-    done = history[-1]["iteration"] if history else 0
-    rows = []
-
-    def row(claim, why_not, ok=None, evidence="-"):
-        rows.append((claim, evidence or "-", f"not measured: {why_not}" if why_not else
-                     "holds" if ok else "does not hold"))
-    study_net = (run["depth"], run["width"], run["plain"]) == (18, 64, False)
-    for it in (10000, ITERS):
-        h = next((h for h in history if h["iteration"] == it), None)
-        why = "the network is not the study's ResNet-18 at width 64" if not study_net else \
-            None if h else f"the run has no evaluation at {it:,}"
-        row(f"test accuracy {TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})", why,
-            h and abs(h["test_acc"] - TEST_ACC[it]) <= ACC_POINTS, h and f"{h['test_acc']:.2f} %")
-    drop = run["lr_drops"][0] if run["lr_drops"] else None
-    pair = drop and around(history, drop)
-    row(f"test accuracy jumps at the drop (by {JUMP_POINTS:g} points or more)",
-        None if pair else "the run has no evaluations either side of a drop",
-        pair and pair[1]["test_acc"] - pair[0]["test_acc"] >= JUMP_POINTS,
-        pair and f"{pair[0]['test_acc']:.2f} % at {pair[0]['iteration']:,}, "
-                 f"{pair[1]['test_acc']:.2f} % at {pair[1]['iteration']:,}")
-    low = drop and lowest_loss(history, drop)
-    row(f"the test loss rises late (the last at least {RISE:.0%} above its lowest after the "
-        f"drop)", None if low else "fewer than three evaluations after a drop",
-        low and low[1]["test_loss"] >= (1 + RISE) * low[0]["test_loss"],
-        low and f"lowest {low[0]['test_loss']:.4f} at {low[0]['iteration']:,}, last "
-                f"{low[1]['test_loss']:.4f} at {low[1]['iteration']:,}")
-    row(f"train accuracy reaches 100 % (at least {TRAIN_ALL} %)",
-        None if done >= ITERS else f"the run is shorter ({done:,} of {ITERS:,} iterations)",
-        history and history[-1]["train_acc"] >= TRAIN_ALL,
-        history and f"{history[-1]['train_acc']:.2f} % at {done:,}")
-    row(f"many conv5 maps are blank (at least {BLANK_SHARE:.0%})",
-        None if blank else "no test image, so no Figure 4",
-        blank and blank[0] >= BLANK_SHARE * blank[1], blank and f"{blank[0]} of {blank[1]}")
-    row(f"conv5 localises the object (occlusion takes P(class) below {OCCLUDED:g} of itself, "
-        f"and its map passes the randomisation test: rho below {RHO:g})",
-        None if located else "the randomisation test was not asked for (--sanity N)",
-        located and located[0] < OCCLUDED * located[1] and located[2] < RHO,
-        located and f"P {located[1]:.2f}, lowest {located[0]:.2f}; rho {located[2]:.2f}")
-    return rows
+    run: the run's settings; blank: (blank, all) conv5_x maps of the image; located: (lowest
+    P(class) under occlusion, P(class), occlusion's rho in the randomisation test)."""
+    at = {h["iteration"]: h for h in history}
+    drop, done = (run["lr_drops"] or [0])[0], max(at, default=0)
+    before = [h for h in history if h["iteration"] <= drop]
+    after = [h for h in history if drop and h["iteration"] > drop]
+    a, b = (before or [None])[-1], (after or [None])[0]
+    low = min(after, key=lambda h: h["test_loss"]) if len(after) >= 3 else None
+    net = (run["depth"], run["width"], run["plain"]) != (18, 64, False)
+    rows = [(f"test accuracy {TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})",
+             "the network is not the study's ResNet-18 at width 64" if net else
+             None if it in at else f"the run has no evaluation at {it:,}",
+             it in at and abs(at[it]["test_acc"] - TEST_ACC[it]) <= ACC_POINTS,
+             it in at and f"{at[it]['test_acc']:.2f} %") for it in (10000, ITERS)]
+    jump = a and b and b["iteration"] <= drop + JUMP[1]
+    rows.append((f"test accuracy jumps at the drop (by {JUMP[0]:g} points or more)",
+                 None if jump else "the run has no evaluations either side of a drop",
+                 jump and b["test_acc"] - a["test_acc"] >= JUMP[0], jump and
+                 f"{a['test_acc']:.2f} % at {a['iteration']:,}, {b['test_acc']:.2f} % at "
+                 f"{b['iteration']:,}"))
+    rows.append((f"the test loss rises late (the last at least {RISE:.0%} above its lowest "
+                 f"after the drop)", None if low else "fewer than three evaluations after a drop",
+                 low and after[-1]["test_loss"] >= (1 + RISE) * low["test_loss"], low and
+                 f"lowest {low['test_loss']:.4f} at {low['iteration']:,}, last "
+                 f"{after[-1]['test_loss']:.4f} at {done:,}"))
+    rows.append((f"train accuracy reaches 100 % (at least {TRAIN_ALL} %)", None if done >= ITERS
+                 else f"the run is shorter ({done:,} of {ITERS:,} iterations)",
+                 done and at[done]["train_acc"] >= TRAIN_ALL,
+                 done and f"{at[done]['train_acc']:.2f} % at {done:,}"))
+    rows.append((f"many conv5 maps are blank (at least {BLANK_SHARE:.0%})",
+                 None if blank else "no test image, so no Figure 4",
+                 blank and blank[0] >= BLANK_SHARE * blank[1],
+                 blank and f"{blank[0]} of {blank[1]}"))
+    rows.append((f"conv5 localises the object (occlusion takes P(class) below {OCCLUDED:g} of "
+                 f"itself, and its map passes the randomisation test: rho below {RHO:g})",
+                 None if located else "the randomisation test was not asked for (--sanity N)",
+                 located and located[0] < OCCLUDED * located[1] and located[2] < RHO, located and
+                 f"P {located[1]:.2f}, lowest {located[0]:.2f}; rho {located[2]:.2f}"))
+    return [(claim, evidence or "-", f"not measured: {why}" if why else
+             "holds" if ok else "does not hold") for claim, why, ok, evidence in rows]

@@ -350,21 +350,21 @@ def labels(paths, runs):
 def report(ckpt, model, drawn, facts, path):
     """report.md: the study redone for this run, from the checkpoint and the figures just drawn
     (`drawn`: file, title, caption); `facts`: what the claims need."""
-    run, prov = ckpt["args"], ckpt.get("provenance", {})
-    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else " " + (
-        " ".join(map(str, v)) if isinstance(v, list) else str(v)))
-        for k, v in run.items() if k in study.SETTINGS and k != "data" and v is not False)
-    hours = f"{prov['seconds'] / 3600:.2f} h" if "seconds" in prov else "not recorded"
-    rows = [("Network", f"{model.name}: {sum(p.numel() for p in model.parameters()):,} "
-                        f"parameters"), ("Settings", f"`python train.py {flags}`"),
-            ("Data", ckpt["data_fingerprint"]), ("Test images of the figures", facts["images"]),
-            ("Device", prov.get("device", "not recorded")),
-            ("torch", prov.get("torch", "not recorded")),
-            ("Training time, summed over resumes", hours),
-            ("Source: sha256 of resnet18.py, cifar.py, train.py", prov.get("source",
-                                                                            "not recorded"))]
+    run = ckpt["args"]
+    prov = {"device": "not recorded", "torch": "not recorded", "source": "not recorded",
+            **ckpt.get("provenance", {})}
+    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else " " + " ".join(
+        map(str, v if isinstance(v, list) else [v]))) for k, v in run.items()
+        if k in study.SETTINGS and k != "data" and v is not False)
     lines = [f"# Reproduction report: {model.name}, at iteration {ckpt['iteration']:,}", "",
-             "| Provenance | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
+             "| Provenance | |", "|---|---|", f"| Network | {model.name}: "
+             f"{sum(p.numel() for p in model.parameters()):,} parameters |",
+             f"| Settings | `python train.py {flags}` |", f"| Data | {ckpt['data_fingerprint']} |",
+             f"| Test images of the figures | {facts['images']} |",
+             f"| Device | {prov['device']} |", f"| torch | {prov['torch']} |",
+             "| Training time, summed over resumes | " + (f"{prov['seconds'] / 3600:.2f} h |"
+                                                        if "seconds" in prov else "not recorded |"),
+             f"| Source: sha256 of resnet18.py, cifar.py, train.py | {prov['source']} |", "",
              "## Table 1", "", study.table(ckpt["history"]), ""]
     for name, title, words in drawn:
         lines += [f"## {title}", "", f"![{title}]({name})", "", words, ""]
