@@ -144,9 +144,8 @@ def table(history):
 
 
 def claims(history, run, blank=None, located=None):
-    """The study's claims that a run can test: rows (claim, this run's evidence, verdict).
-    run: the run's settings; blank: (blank, all) conv5_x maps of the image; located: (lowest
-    P(class) under occlusion, P(class), occlusion's rho in the randomisation test)."""
+    """The study's claims a run can test: rows (claim, evidence, verdict). blank: (blank, all)
+    conv5_x maps; located: (lowest P(class) occluded, P(class), occlusion's rho, random weights)."""
     at = {h["iteration"]: h for h in history}
     drop, done = (run["lr_drops"] or [0])[0], max(at, default=0)
     before = [h for h in history if h["iteration"] <= drop]

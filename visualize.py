@@ -35,6 +35,7 @@ TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
 DPI = 100  # pixels per inch of the figures
 FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png", "fig7_localize.png")
+TITLES = tuple(f"Figure {n[3]}: {n[5:-4].replace('_', ' ')}" for n in FIGURES)  # "conv1 maps"
 
 
 def get_args(argv=None):
@@ -349,7 +350,7 @@ def labels(paths, runs):
 
 def report(ckpt, model, drawn, facts, path):
     """report.md: the study redone for this run, from the checkpoint and the figures just drawn
-    (`drawn`: file, title, caption); `facts`: what the claims need."""
+    (`drawn`: {file: (title, caption)}); `facts`: what the claims need."""
     run = ckpt["args"]
     prov = {"device": "not recorded", "torch": "not recorded", "source": "not recorded",
             **ckpt.get("provenance", {})}
@@ -366,7 +367,7 @@ def report(ckpt, model, drawn, facts, path):
                                                         if "seconds" in prov else "not recorded |"),
              f"| Source: sha256 of resnet18.py, cifar.py, train.py | {prov['source']} |", "",
              "## Table 1", "", study.table(ckpt["history"]), ""]
-    for name, title, words in drawn:
+    for name, (title, words) in sorted(drawn.items()):
         lines += [f"## {title}", "", f"![{title}]({name})", "", words, ""]
     lines += ["## The study's claims, checked", "", "| Claim | This run | Verdict |",
               "|---|---|---|"] + [f"| {c} | {e} | {v} |" for c, e, v in study.claims(
@@ -406,30 +407,23 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
     name = cifar.CLASSES[test_y[index]]
     label, facts = f"test image {index} ({name})", {}
     image = f"{label}, P({name}) = {prob:.2f}"
-
-    def add(*figure):
-        drawn.append(figure)
-        print(figure[2])
     if 3 in want:
         blank = fig3_conv1_maps(x, feats, label, out / FIGURES[2])
-        add(FIGURES[2], "Figure 3: conv1 feature maps",
-            f"{image}: {blank} of its {model.width} conv1 maps are blank (all zero).")
+        drawn[FIGURES[2]] = TITLES[2], f"{image}: {blank} of its {model.width} conv1 maps blank"
     if 4 in want:
-        facts["blank5"] = (fig4_conv5_maps(feats, label, out / FIGURES[3]), 8 * model.width)
-        add(FIGURES[3], "Figure 4: conv5_x feature maps",
-            f"{image}: {facts['blank5'][0]} of its {8 * model.width} conv5_x maps are blank.")
+        blank, n = fig4_conv5_maps(feats, label, out / FIGURES[3]), 8 * model.width
+        facts["blank5"] = blank, n
+        drawn[FIGURES[3]] = TITLES[3], f"{image}: {blank} of its {n} conv5_x maps blank"
     if 5 in want:
         fig5_deconvnet(model, x, feats, out / FIGURES[4])
-        add(FIGURES[4], "Figure 5: deconvnet reconstructions", f"{image}: reconstructions from "
-            f"all of conv1 and of conv5_x, then channel by channel.")
+        drawn[FIGURES[4]] = TITLES[4], image
     if spec:
         top9(model, test_x, test_y, *spec, out)
-        add(f"top9_{spec[0]}_{spec[1]}.png", f"The 9 test images that most activate {spec[0]} "
-            f"channel {spec[1]}", "Zeiler & Fergus' Figure 2, for this run.")
+        drawn[f"top9_{spec[0]}_{spec[1]}.png"] = f"Top 9 of {spec[0]}:{spec[1]}", "As Zeiler & " \
+                                                 "Fergus' Figure 2"
     if 7 in want:
         lowest = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])["occlusion"].min()
-        add(FIGURES[6], "Figure 7: does the network look at the object?",
-            f"{image}; the grey square takes it down to {lowest:.2f} at lowest.")
+        drawn[FIGURES[6]] = TITLES[6], f"{image}; the grey square takes it to {lowest:.2f} at least"
     if args.sanity:
         picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
         rho = localize.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
@@ -441,7 +435,7 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
             + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |" for k, (m, s, n) in rho.items()])
         print(table)
         if 7 in want:
-            drawn[-1] = drawn[-1][:2] + (drawn[-1][2] + "\n\n" + table,)
+            drawn[FIGURES[6]] = TITLES[6], drawn[FIGURES[6]][1] + "\n\n" + table
             facts["located"] = (lowest.item(), prob, rho["occlusion"][0])
     return facts
 
@@ -469,26 +463,24 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     print(f"{args.ckpt}: {model.name} at iteration {ckpt['iteration']:,}")
     print(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
-    drawn, facts = [], {"images": f"{args.data}" if args.data else "none"}
+    drawn, facts = {}, {"images": f"{args.data}" if args.data else "none"}  # for the report
     if history and 1 in want:
         fig1_learning_curve(history, run, model.name, out / FIGURES[0])
         jump, rise = study.claims(history, run)[2:4]  # their evidence, in words
-        drawn.append((FIGURES[0], "Figure 1: learning curves", f"Test accuracy around the "
-                      f"drop: {jump[1]}; test loss after it: {rise[1]}."))
+        drawn[FIGURES[0]] = TITLES[0], f"Around the drop: {jump[1]}; after it: {rise[1]}"
     if 2 in want:
         fig2_conv1_filters(model, out / FIGURES[1])
-        drawn.append((FIGURES[1], "Figure 2: conv1 filters", f"The {model.width} conv1 "
-                      f"filters of 3 x 3, each scaled alone."))
+        drawn[FIGURES[1]] = TITLES[1], f"{model.width} filters of 3 x 3, each scaled alone"
     if args.compare and 6 in want:
         names = labels(paths, [run] + [c["args"] for c, _ in others])
         fig6_compare(list(zip(names, [history] + [c["history"] for c, _ in others])),
                      out / FIGURES[5])
-        drawn.append((FIGURES[5], "Figure 6: runs compared", ", ".join(names)))
+        drawn[FIGURES[5]] = TITLES[5], ", ".join(names)
     if args.data is None:
         print(none)
     else:
         facts.update(image_figures(model, args, test_x.to(device), test_y, spec, out, drawn))
-    report(ckpt, model, sorted(drawn, key=lambda d: d[0]), facts, out / "report.md")
+    report(ckpt, model, drawn, facts, out / "report.md")
     return 0
 
 

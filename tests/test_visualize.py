@@ -57,7 +57,7 @@ def test_every_figure_top9_and_the_sanity_test_keep_one_device(drawn):
     for name in FIGURES + ["fig6_compare.png", "top9_conv5_x_2.png"]:
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 1000, name
-    assert "| Iterations |" in r.stdout and "test image 3 (" in r.stdout
+    assert "| Iterations |" in r.stdout and "test image 3 (" in (out / "report.md").read_text()
     assert "over 10 test images (the first 1 of each class)" in r.stdout
     for method in ("deconvnet", "guided", "occlusion", "gradcam"):
         assert f"| {method} | " in r.stdout
@@ -71,8 +71,10 @@ def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, 
     assert [float(c) for c in row.split("|")[2:-1]] == [round(h["test_acc"], 2) for h in history]
     links = re.findall(r"\]\(([^)]+)\)", text)
     assert len(links) == 8 and all((out / link).is_file() for link in links)
-    assert f": {counted['fig3_conv1_maps']} of its 8 conv1 maps are blank" in text
-    assert f": {counted['fig4_conv5_maps']} of its 64 conv5_x maps are blank" in text
+    assert [ln for ln in text.splitlines() if ln.startswith("## Figure")] == \
+        [f"## {t}" for t in visualize.TITLES]  # every figure, in order
+    assert f": {counted['fig3_conv1_maps']} of its 8 conv1 maps blank" in text
+    assert f": {counted['fig4_conv5_maps']} of its 64 conv5_x maps blank" in text
     assert f"| {counted['fig4_conv5_maps']} of 64 | " in text  # the claim's evidence
     assert "--sanity" not in text.split("## The study's claims")[1]  # localisation measured
 
@@ -82,7 +84,7 @@ def test_image_by_class_name_is_the_first_test_image_of_that_class(tiny_run, tmp
     r = run_cli("visualize.py", "--ckpt", tiny_run / "plain34.pt", "--image", "ship",
                 "--out", tmp_path, "--figures", 4, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert f"test image {first_ship} (ship), P(ship) = " in r.stdout
+    assert f"test image {first_ship} (ship), P(ship) = " in (tmp_path / "report.md").read_text()
 
 
 def test_cli_without_data_uses_the_runs_data_or_draws_what_it_can(tiny_run, tmp_path):
