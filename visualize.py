@@ -423,7 +423,7 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
                                                  "Fergus' Figure 2"
     if 7 in want:
         lowest = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])["occlusion"].min()
-        drawn[FIGURES[6]] = TITLES[6], f"{image}; the grey square takes it to {lowest:.2f} at least"
+        drawn[FIGURES[6]] = TITLES[6], f"{image}; occluded, {lowest:.2f} at the lowest"
     if args.sanity:
         picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
         rho = localize.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
