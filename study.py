@@ -24,8 +24,7 @@ JUMP = (3.0, 2000)  # across the drop: up by 3 points or more within 2,000 itera
 RISE = 0.05  # late over-fitting: the last test loss at least 5 % above its lowest after the drop
 TRAIN_ALL = 99.5  # train accuracy (%) that counts as 100 %
 BLANK_SHARE = 0.25  # "a lot of blank convolution outputs": at least a quarter of conv5_x maps
-OCCLUDED, RHO = 0.5, 0.5  # localised: occlusion takes P(class) below half of itself, and the
-# occlusion map passes the randomisation test (rank correlation with random weights below 0.5)
+OCCLUDED, RHO = 0.5, 0.5  # localised: occluded P(class) below half; occlusion map's rho below 0.5
 
 
 # --- Each setting of a run and the values it may take: the types of train.py's flags, and the
@@ -144,13 +143,11 @@ def table(history):
 
 
 def claims(history, run, blank=None, located=None):
-    """The study's claims a run can test: rows (claim, evidence, verdict). blank: (blank, all)
-    conv5_x maps; located: (lowest P(class) occluded, P(class), occlusion's rho, random weights)."""
+    """(claim, evidence, verdict) rows; blank, located: what Figures 4 and 7 measured."""
     at = {h["iteration"]: h for h in history}
     drop, done = (run["lr_drops"] or [0])[0], max(at, default=0)
-    before = [h for h in history if h["iteration"] <= drop]
     after = [h for h in history if drop and h["iteration"] > drop]
-    a, b = (before or [None])[-1], (after or [None])[0]
+    a, b = at.get(max((i for i in at if i <= drop), default=0)), (after or [None])[0]
     low = min(after, key=lambda h: h["test_loss"]) if len(after) >= 3 else None
     net = (run["depth"], run["width"], run["plain"]) != (18, 64, False)
     rows = [(f"test accuracy {TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})",

@@ -349,19 +349,14 @@ def labels(paths, runs):
 # --- The report -------------------------------------------------------------------------------
 
 def report(ckpt, model, drawn, facts, path):
-    """report.md: the study redone for this run, from the checkpoint and the figures just drawn
-    (`drawn`: {file: (title, caption)}); `facts`: what the claims need."""
+    """report.md, the study redone for this run; drawn: {file: (title, caption)} of its figures."""
     run = ckpt["args"]
-    prov = {"device": "not recorded", "torch": "not recorded", "source": "not recorded",
-            **ckpt.get("provenance", {})}
-    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else " " + " ".join(
-        map(str, v if isinstance(v, list) else [v]))) for k, v in run.items()
-        if k in study.SETTINGS and k != "data" and v is not False)
+    prov = {k: "not recorded" for k in ("device", "torch", "source")} | ckpt.get("provenance", {})
     lines = [f"# Reproduction report: {model.name}, at iteration {ckpt['iteration']:,}", "",
              "| Provenance | |", "|---|---|", f"| Network | {model.name}: "
              f"{sum(p.numel() for p in model.parameters()):,} parameters |",
-             f"| Settings | `python train.py {flags}` |", f"| Data | {ckpt['data_fingerprint']} |",
-             f"| Test images of the figures | {facts['images']} |",
+             f"| Settings | {', '.join(f'{k} {run[k]}' for k in study.SETTINGS if k != 'data')} |",
+             f"| Data | {ckpt['data_fingerprint']} |", f"| Test images | {facts['images']} |",
              f"| Device | {prov['device']} |", f"| torch | {prov['torch']} |",
              "| Training time, summed over resumes | " + (f"{prov['seconds'] / 3600:.2f} h |"
                                                         if "seconds" in prov else "not recorded |"),
@@ -419,8 +414,7 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
         drawn[FIGURES[4]] = TITLES[4], image
     if spec:
         top9(model, test_x, test_y, *spec, out)
-        drawn[f"top9_{spec[0]}_{spec[1]}.png"] = f"Top 9 of {spec[0]}:{spec[1]}", "As Zeiler & " \
-                                                 "Fergus' Figure 2"
+        drawn[f"top9_{spec[0]}_{spec[1]}.png"] = f"Top 9 of {spec[0]}:{spec[1]}", "Zeiler & Fergus"
     if 7 in want:
         lowest = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])["occlusion"].min()
         drawn[FIGURES[6]] = TITLES[6], f"{image}; occluded, {lowest:.2f} at the lowest"
