@@ -126,9 +126,9 @@ def contrast(r):
     return r.permute(0, 2, 3, 1).numpy()
 
 
-def blank_count(maps):
-    """How many of the maps (C, h, w) are blank: all zero."""
-    return int((maps.flatten(1).amax(1) == 0).sum())
+def blank(maps):
+    """(C,) True where a map of maps (C, h, w) is blank: all zero, on the host."""
+    return (maps.flatten(1).amax(1) == 0).cpu().numpy()
 
 
 def check_out(paths):
@@ -195,7 +195,7 @@ def fig2_conv1_filters(model, path):
 
 def fig3_conv1_maps(x, feats, label, path):
     """The image and its conv1 maps; returns how many maps are blank."""
-    maps, blank = feats["conv1"][0].float(), blank_count(feats["conv1"][0])  # (C, 32, 32)
+    maps, n = feats["conv1"][0].float(), int(blank(feats["conv1"][0]).sum())  # (C, 32, 32)
     maps = (maps / maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).cpu().numpy()
     fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
     axes[0].imshow(show(x)[0], interpolation="nearest")
@@ -203,31 +203,31 @@ def fig3_conv1_maps(x, feats, label, path):
     cmap = plt.get_cmap("gray").with_extremes(bad="white")
     axes[1].imshow(grid(maps, math.ceil(math.sqrt(len(maps)))), cmap=cmap, interpolation="nearest")
     axes[1].set(title=f"its {len(maps)} conv1 feature maps, {maps.shape[1]} x {maps.shape[2]} "
-                      f"(each scaled alone); {blank} blank (all zero, black)")
+                      f"(each scaled alone); {n} blank (all zero, black)")
     for ax in axes:
         ax.axis("off")
     save(fig, path)
-    return blank
+    return n
 
 
 def fig4_conv5_maps(feats, label, path):
     """The conv5_x maps, one scale, the blank ones outlined; returns how many are blank."""
     maps = feats["conv5_x"][0].float().cpu().numpy()  # (C, 4, 4)
-    blank = maps.reshape(len(maps), -1).max(1) == 0  # (C,) all-zero maps
+    empty = blank(feats["conv5_x"][0])  # (C,)
     cols, h = 2 * math.ceil(math.sqrt(len(maps) / 2)), maps.shape[1]
     fig, ax = plt.subplots(figsize=(14, 8))
     ax.imshow(grid(maps / max(maps.max(), 1e-12), cols),
               cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1,
               interpolation="nearest")
-    for i in np.flatnonzero(blank):
+    for i in np.flatnonzero(empty):
         r, c = divmod(i, cols)
         ax.add_patch(plt.Rectangle((c * (h + 1) + 0.5, r * (h + 1) + 0.5), h, h, fill=False,
                                    ec="red", lw=0.8))
     ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of {h} x {h}, one "
-                 f"shared scale; {blank.sum()} blank (all zero), outlined in red")
+                 f"shared scale; {empty.sum()} blank (all zero), outlined in red")
     ax.axis("off")
     save(fig, path)
-    return int(blank.sum())
+    return int(empty.sum())
 
 
 def fig5_deconvnet(model, x, feats, path):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import cifar
 import study
 import visualize
