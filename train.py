@@ -7,16 +7,17 @@ Perspective of Experimental Results and Analysis", §2), and print its Table 1.
 
 The study: SGD with momentum 0.9 and weight decay 0.0002, batch 32, learning rate 0.1 divided
 by 10 at iteration 32,000, 50,000 iterations (He et al. 2016 §4.2 divide again at 48,000:
-`--lr-drops 32000 48000`). A shorter run without --lr-drops is the study's first part, at 0.1
-throughout. The loop is written out: data, model, the SGD update by hand, lr_at(it),
-evaluation at fixed iterations, a checkpoint that resumes exactly (checkpoint.Run keeps it
-safe). --resume takes every setting from the checkpoint; a flag given with it may change only
-what is still ahead (a larger --iters, a drop not reached yet).
+`--lr-drops 32000 48000`). The file reads in that order: the settings (the flags), the
+schedule `lr_at`, the SGD update written by hand, one step, evaluation, the loop, Table 1;
+then the checkpoint: an atomic save, a safe load, and what a resume may change. Ctrl-C stops
+the loop between two steps, saves, and prints the command that continues the run exactly.
 """
 import argparse
 import hashlib
-import math
 import os
+import pickle
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,39 +25,43 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import cifar
-import study
-from study import depth, integer, rate
 from resnet18 import ResNet
 
+ITERS = 50000  # the study's iterations in all
+DROP = 32000  # the study's one learning-rate drop (divide by 10)
+TEST_ACC = {10000: 79.60, 20000: 83.40, 30000: 87.83, 40000: 91.06, 50000: 93.56}  # % (Table 1)
+TABLE_EVERY = 10000  # iterations between the columns of Table 1
 LOG_EVERY = 100  # iterations between log lines (and one at the 10th, to show the pace early)
 TRAIN_SUBSET = 10000  # images on which train accuracy is measured between Table 1 columns
-KEPT = ("depth", "plain", "width", "batch", "lr", "momentum", "wd", "seed", "amp")  # the past
+SETTINGS = ("iters", "batch", "lr", "momentum", "wd", "lr_drops", "depth", "plain", "width",
+            "seed", "eval_every", "amp", "data")  # what a checkpoint keeps of its run
+AHEAD = {"iters", "lr_drops", "data"}  # what a resume may change (data: the same images)
 
 
 def get_args(argv=None):
-    """(settings, the settings typed on the command line): every default is the study's."""
+    """(settings, the names of the settings typed on the command line): the study's defaults."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("the study's SGD and schedule (its §2)")
-    s.add_argument("--iters", type=integer(1), default=study.ITERS,
+    s.add_argument("--iters", type=at_least(1), default=ITERS,
                    help="SGD iterations in all (default 50000)")
-    s.add_argument("--batch", type=integer(1), default=32, help="images per step (default 32)")
-    s.add_argument("--lr", type=rate, default=0.1, help="initial learning rate (default 0.1)")
-    s.add_argument("--momentum", type=rate, default=0.9, help="SGD momentum, below 1 (default "
-                   "0.9)")
-    s.add_argument("--wd", type=rate, default=0.0002,
+    s.add_argument("--batch", type=at_least(1), default=32, help="images per step (default 32)")
+    s.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    s.add_argument("--momentum", type=float, default=0.9,
+                   help="SGD momentum, from 0 to below 1 (default 0.9)")
+    s.add_argument("--wd", type=float, default=0.0002,
                    help="weight decay, on every parameter (default 0.0002)")
-    s.add_argument("--lr-drops", type=integer(1), nargs="*", metavar="IT",
+    s.add_argument("--lr-drops", type=at_least(1), nargs="*", metavar="IT",
                    help="iterations at which the learning rate is divided by 10 (default: the "
                         "study's 32000 when the run is longer, else none; He et al. use 32000 "
                         "48000; the flag with no value: a constant rate)")
     n = p.add_argument_group("the network (He et al. Table 1)")
-    n.add_argument("--depth", type=depth, default=18, help="18 or 34 layers (default 18)")
+    n.add_argument("--depth", type=int, choices=(18, 34), default=18,
+                   help="18 or 34 layers (default 18)")
     n.add_argument("--plain", action="store_true",
                    help="drop every shortcut: He et al.'s plain network, the control")
-    n.add_argument("--width", type=integer(8), default=64,
+    n.add_argument("--width", type=at_least(8), default=64,
                    help="channels of conv1; every stage scales with it (default 64, the paper; "
                         "at least 8: narrower ones crash PyTorch's CPU backward of the 1x1 "
                         "stride-2 shortcut in channels_last on AVX2 CPUs)")
@@ -64,34 +69,60 @@ def get_args(argv=None):
     r.add_argument("--data", default="./data",
                    help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
     r.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    r.add_argument("--seed", type=integer(0, 2**64 - 1), default=0,
+    r.add_argument("--seed", type=at_least(0), default=0,
                    help="seed of the weights and of the batches (default 0)")
-    r.add_argument("--eval-every", type=integer(0), default=1000, help="iterations between "
+    r.add_argument("--eval-every", type=at_least(0), default=1000, help="iterations between "
                    "evaluations and checkpoints; 0: only at the end (default 1000)")
-    r.add_argument("--ckpt", default="run.pt", help="checkpoint to write, a .pt file; the "
-                   "history goes beside it as .csv (default run.pt)")
+    r.add_argument("--ckpt", default="run.pt", help="checkpoint to write (default run.pt)")
     r.add_argument("--resume", action="store_true", help="continue the run in --ckpt")
-    r.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--device", type=device, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     r.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast (default off: float32). Faster on GPUs and on CPUs "
                         "with AMX units (grep amx_bf16 /proc/cpuinfo); slower on other CPUs")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile the model (on CUDA: mode reduce-overhead, CUDA graphs)")
-    unset = dict.fromkeys(study.SETTINGS)  # argparse fills in defaults only where unset
-    args = p.parse_args(argv, argparse.Namespace(**unset))
-    given = {k: v for k in unset if (v := getattr(args, k)) is not None}
-    for k in unset:
-        setattr(args, k, given.get(k, p.get_default(k)))
-    if args.momentum >= 1 or args.lr == 0:
-        p.error(f"--momentum {args.momentum} must be below 1, --lr {args.lr} above 0")
-    try:  # a resume decides its schedule with the run's own settings (resumed)
-        args.lr_drops = args.lr_drops if args.resume else study.schedule(args.iters, args.lr_drops)
-    except ValueError as e:
-        p.error(str(e))
+    # Settings start unset, so that argparse fills in a default only where no flag was given.
+    args = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(SETTINGS)))
+    given = {k for k in SETTINGS if getattr(args, k) is not None}
+    for k in set(SETTINGS) - given:
+        setattr(args, k, p.get_default(k))
+    if not (args.lr > 0 and 0 <= args.momentum < 1 and args.wd >= 0):
+        p.error(f"--lr {args.lr} must be above 0, --momentum {args.momentum} from 0 to below 1, "
+                f"--wd {args.wd} at least 0")
     return args, given
 
 
-def lr_at(it, lr=0.1, drops=(study.DROP,)):
+def at_least(low):
+    """An argparse type: an integer of at least `low`."""
+    def integer(text):
+        if int(text) < low:
+            raise argparse.ArgumentTypeError(f"must be an integer of at least {low}, got {text}")
+        return int(text)
+    return integer
+
+
+def device(name):
+    """An argparse type: auto (the GPU when there is one), cpu, cuda or cuda:N."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    gpus = torch.cuda.device_count()
+    if name != "cpu" and (kind != "cuda" or int(index or 0) >= gpus):
+        raise argparse.ArgumentTypeError(f"{name}: not a device here (auto, cpu, or cuda:N "
+                                         f"for one of this machine's {gpus} GPUs)")
+    return torch.device(name)
+
+
+def schedule(iters, lr_drops=None):
+    """The iterations at which the learning rate is divided by 10: --lr-drops when given, else
+    the study's DROP where the run reaches it (a shorter run is the study's first part)."""
+    if lr_drops is not None:
+        return sorted(lr_drops)
+    return [DROP] if iters > DROP else []
+
+
+def lr_at(it, lr=0.1, drops=(DROP,)):
     """The learning rate of iteration `it` (0-based): `lr`, divided by 10 at each drop passed."""
     return lr / 10 ** sum(it >= d for d in drops)
 
@@ -142,112 +173,200 @@ def evaluate(model, images, labels, amp=False, batch=1000):
 
 def main(argv=None):
     args, given = get_args(argv)
-    with checkpoint.Run(args.ckpt, args.resume) as run:  # the lock; a resume's checkpoint
-        last, changes = run.last, ""
-        if last:
-            args, changes = resumed(args, given, last, run.path)
-        args.data = os.path.abspath(args.data)  # so that visualize.py finds it from anywhere
-        device = checkpoint.pick_device(args.device)
-        exact(device)
-        check_fits(args, device)
-        run.say(f"reading CIFAR-10 from {args.data}")
-        train_x, train_y, test_x, test_y = cifar.load_or_download(args.data, not args.no_download)
-        data = {"data_fingerprint": f"{len(train_y)} train / {len(test_y)} test images, sha256 "
-                                    f"{cifar.fingerprint(train_x, train_y, test_x, test_y)}",
-                "test_fingerprint": cifar.fingerprint(test_x, test_y)}
-        if last and last["data_fingerprint"] != data["data_fingerprint"]:
-            raise ValueError(f"{run.path} was trained on other data ({last['data_fingerprint']})"
-                             f" than --data {args.data} ({data['data_fingerprint']})")
-        loader = cifar.Loader(train_x, train_y, args.batch, device, seed=args.seed)
-        test = torch.as_tensor(test_x).to(device), torch.as_tensor(test_y).to(device)
+    path, ckpt = Path(args.ckpt), None
+    if args.resume:
+        ckpt, model = load(path)
+        resume(args, given, ckpt, path)
+    elif path.exists():
+        raise ValueError(f"{path} exists: continue it with `{command(path)}`, or pick another "
+                         f"--ckpt")
+    elif not path.parent.is_dir():
+        raise ValueError(f"--ckpt {path}: the folder {path.parent} does not exist")
+    args.data = os.path.abspath(args.data)  # so that visualize.py finds it from anywhere
+    exact(args.device)
+    print(f"reading CIFAR-10 from {args.data}", flush=True)
+    train_x, train_y, test_x, test_y = cifar.load_or_download(args.data, not args.no_download)
+    data = {"data_fingerprint": f"{len(train_y)} train / {len(test_y)} test images, sha256 "
+                                f"{cifar.fingerprint(train_x, train_y, test_x, test_y)}",
+            "test_fingerprint": cifar.fingerprint(test_x, test_y)}
+    if ckpt and ckpt["data_fingerprint"] != data["data_fingerprint"]:
+        raise ValueError(f"{path} was trained on other data ({ckpt['data_fingerprint']}) than "
+                         f"--data {args.data} ({data['data_fingerprint']})")
+    loader = cifar.Loader(train_x, train_y, args.batch, args.device, seed=args.seed)
+    test = torch.as_tensor(test_x).to(args.device), torch.as_tensor(test_y).to(args.device)
+    if ckpt:
+        loader.load_state_dict(ckpt["loader"])
+    else:
         torch.manual_seed(args.seed)
         model = ResNet(args.depth, width=args.width, plain=args.plain)
-        if last:
-            model.load_state_dict(last["model"])
-            loader.load_state_dict(last["loader"])
-        model.to(device, memory_format=torch.channels_last)  # the fast layout for convolutions
-        bufs = [torch.zeros_like(p) for p in model.parameters()]
-        for b, saved in zip(bufs, last["momentum"] if last else []):
-            b.copy_(saved)
-        what = f"continuing from iteration {last['iteration']:,} to {args.iters:,}, " \
-               f"{changes}" if last else f"iterations 0 -> {args.iters:,}"
-        run.begin(f"{model.name}: {sum(p.numel() for p in model.parameters()):,} parameters "
-                  f"on {device}; data: {data['data_fingerprint']}; {what}; "
-                  f"{study.in_words(args.lr, args.lr_drops, args.iters)}")
-        return loop(run, args, model, bufs, loader, test, data, last)
+    model.to(args.device, memory_format=torch.channels_last)  # the fast layout for convolutions
+    bufs = [torch.zeros_like(p) for p in model.parameters()]  # momentum: zero at the start
+    for b, saved in zip(bufs, ckpt["momentum"] if ckpt else []):
+        b.copy_(saved)
+    return loop(args, path, model, bufs, loader, test, data, ckpt)
 
 
-def loop(run, args, model, bufs, loader, test, data, last):
+def loop(args, path, model, bufs, loader, test, data, ckpt):
     """The training loop: a step per iteration, a log line every LOG_EVERY, an evaluation and a
-    checkpoint every --eval-every and at the end."""
-    params, device = list(model.parameters()), bufs[0].device
-    step_model = compiled(model, device) if args.compile else model
-    start, history = (last["iteration"], last["history"]) if last else (0, [])
-    before = last.get("provenance", {}).get("seconds", 0.0) if last else 0.0
-    it, loss_sum, n_sum, t0 = start, torch.zeros((), device=device), 0, time.time()
-    t_log = t0
+    checkpoint every --eval-every and at the end. Ctrl-C or SIGTERM stop it between two steps."""
+    params, drops = list(model.parameters()), schedule(args.iters, args.lr_drops)
+    step_model = compiled(model, args.device) if args.compile else model
+    start, history = (ckpt["iteration"], ckpt["history"]) if ckpt else (0, [])
+    saved_at = ckpt["iteration"] if ckpt else None  # the iteration the file holds
+    before = ckpt.get("provenance", {}).get("seconds", 0.0) if ckpt else 0.0
+    print(f"{model.name}: {sum(p.numel() for p in params):,} parameters on {args.device}; "
+          f"data: {data['data_fingerprint']}; iterations {start:,} -> {args.iters:,}; "
+          f"{in_words(args.lr, drops)}", flush=True)
+    it, loss_sum, n_sum, t0 = start, torch.zeros((), device=args.device), 0, time.time()
+    t_log, stopped = t0, []
 
-    def state(it):
-        return {"model": model.state_dict(), "iteration": it, "history": history,
-                "args": vars(args), **data, "momentum": bufs, "loader": loader.state_dict(),
-                "provenance": provenance(device, before + time.time() - t0)}
+    def state():
+        return {"model": model.state_dict(), "momentum": bufs, "loader": loader.state_dict(),
+                "iteration": it, "history": history, **data,
+                "args": {k: getattr(args, k) for k in SETTINGS},
+                "provenance": provenance(args.device, before + time.time() - t0)}
 
-    while it < args.iters and not run.stopped:
-        lr = lr_at(it, args.lr, args.lr_drops)
-        x, y = next(loader)
-        loss_sum += train_step(step_model, params, bufs, x, y, lr, args.momentum, args.wd,
-                               args.amp)
-        n_sum, it = n_sum + 1, it + 1  # `it`: iterations done
-        if it % LOG_EVERY == 0 or it == start + 10:
-            loss, now = loss_sum.item() / n_sum, time.time()
-            check_finite("training loss", loss, it, run)
-            left = (now - t0) / (it - start) * (args.iters - it)  # at the pace so far, evals too
-            run.say(f"it {it:6d}/{args.iters} | loss {loss:.4f} | lr {lr:.4g} | "
-                    f"{n_sum * args.batch / (now - t_log):5.0f} img/s | left {hms(left)}")
-            loss_sum, n_sum, t_log = torch.zeros((), device=device), 0, time.time()
-        if (args.eval_every and it % args.eval_every == 0) or it == args.iters:
-            full = it % study.TABLE_EVERY == 0 or it == args.iters  # a Table 1 column
-            n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
-            train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n],
-                                             args.amp)
-            test_loss, test_acc = evaluate(model, *test, args.amp)
-            check_finite("train loss", train_loss, it, run)
-            check_finite("test loss", test_loss, it, run)
-            history.append({"iteration": it, "lr": lr, "train_loss": train_loss,
-                            "train_acc": train_acc, "test_loss": test_loss,
-                            "test_acc": test_acc, "train_images": n})
-            run.say(f"eval {it:6d} | train loss {train_loss:.4f} acc {train_acc:.2f}% "
-                    f"({n} images) | test loss {test_loss:.4f} acc {test_acc:.2f}%")
-            run.save(state(it))
-            t_log = time.time()
-    if run.stopped:
-        return run.stop(state(it))
-    run.say(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
+    handlers = {s: signal.signal(s, lambda signum, frame: stopped.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while it < args.iters and not stopped:
+            lr = lr_at(it, args.lr, drops)
+            x, y = next(loader)
+            loss_sum += train_step(step_model, params, bufs, x, y, lr, args.momentum, args.wd,
+                                   args.amp)
+            n_sum, it = n_sum + 1, it + 1  # `it`: iterations done
+            if it % LOG_EVERY == 0 or it == start + 10:
+                now = time.time()
+                left = (now - t0) / (it - start) * (args.iters - it)  # at the pace so far
+                print(f"it {it:6d}/{args.iters} | loss {loss_sum.item() / n_sum:.4f} | lr "
+                      f"{lr:.4g} | {n_sum * args.batch / (now - t_log):5.0f} img/s | left "
+                      f"{hms(left)}", flush=True)
+                loss_sum, n_sum, t_log = torch.zeros((), device=args.device), 0, time.time()
+            if (args.eval_every and it % args.eval_every == 0) or it == args.iters:
+                history.append(evaluation(model, loader, test, it, lr, args))
+                saved_at = save(path, state(), saved_at)
+                t_log = time.time()
+        if stopped:
+            save(path, state(), saved_at)
+            print(f"{signal.Signals(stopped[0]).name}: stopped at iteration {it:,}; {path} "
+                  f"saved; continue with: {command(path)}", file=sys.stderr)
+            return 128 + stopped[0]
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    print(f"Table 1 of this run, beside the study's:\n{table(history)}")
     return 0
 
 
-def resumed(args, given, last, path):
-    """The settings of a resumed run, and what changed, in words: each flag given, else the
-    checkpoint's. A flag that would change the iterations already run is refused."""
-    saved, done = last["args"], last["iteration"]
-    for k in KEPT:
-        if k in given and given[k] != saved[k]:
-            flag = "--" + k.replace("_", "-")
-            raise ValueError(f"{path} was trained with {flag} {saved[k]}; {flag} {given[k]} "
-                             f"would change its {done:,} iterations run: leave it out")
-    new = argparse.Namespace(**{**vars(args), **{k: saved[k] for k in study.SETTINGS}, **given})
-    if new.iters < done:
-        raise ValueError(f"{path} is at iteration {done:,}, past --iters {new.iters}")
-    try:
-        new.lr_drops = study.schedule(new.iters, given.get("lr_drops"), saved, done)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+def evaluation(model, loader, test, it, lr, args):
+    """A row of the history: train (all images at a Table 1 column, else the first
+    TRAIN_SUBSET) and test loss and accuracy, printed."""
+    full = it % TABLE_EVERY == 0 or it == args.iters
+    n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
+    train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n], args.amp)
+    test_loss, test_acc = evaluate(model, *test, args.amp)
+    print(f"eval {it:6d} | train loss {train_loss:.4f} acc {train_acc:.2f}% ({n} images) | "
+          f"test loss {test_loss:.4f} acc {test_acc:.2f}%", flush=True)
+    return {"iteration": it, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+            "test_loss": test_loss, "test_acc": test_acc, "train_images": n}
 
-    def show(v):
-        return " ".join(map(str, v)) or "(none)" if isinstance(v, list) else v
-    notes = [f"--{k.replace('_', '-')} {show(saved[k])} -> {show(v)}" for k, v in vars(new).items()
-             if k in study.SETTINGS and k != "data" and v != saved[k]]
-    return new, f"changing {', '.join(notes)}" if notes else "with the run's own settings"
+
+def in_words(lr, drops):
+    """The learning rate of a run in words, for its first line."""
+    if drops:
+        return f"learning rate {lr:g}, divided by 10 at " + ", ".join(f"{d:,}" for d in drops)
+    return f"learning rate {lr:g} throughout (the study divides it by 10 at {DROP:,})"
+
+
+def table(history):
+    """Table 1 in the study's layout, iterations as columns: every 10,000th iteration and the
+    last one, or every evaluation of a run too short for two such columns."""
+    if not history:
+        return "no evaluation yet: no Table 1"
+    cols = [h for h in history if h["iteration"] % TABLE_EVERY == 0 or h is history[-1]]
+    if len(cols) < 2:
+        cols = history
+    rows = [("Iterations", [f"{h['iteration']:,}" for h in cols]),
+            ("Train error (%)", [f"{100 - h['train_acc']:.2f}" for h in cols]),
+            ("Train accuracy (%)", [f"{h['train_acc']:.2f}" for h in cols]),
+            ("Test error (%)", [f"{100 - h['test_acc']:.2f}" for h in cols]),
+            ("Test accuracy (%)", [f"{h['test_acc']:.2f}" for h in cols])]
+    if any(h["iteration"] in TEST_ACC for h in cols):  # the study's row, where it has columns
+        rows.append(("Study test accuracy (%)", [f"{TEST_ACC[h['iteration']]:.2f}"
+                                                 if h["iteration"] in TEST_ACC else "-"
+                                                 for h in cols]))
+    lines = [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    lines.insert(1, "|---" + "|---:" * len(cols) + "|")
+    return "\n".join(lines)
+
+
+# --- The checkpoint: written atomically, read safely, resumed exactly -------------------------
+
+def save(path, state, saved_at):
+    """Write `state` to a temporary file beside `path`, flush it to disk, rename it over `path`:
+    a failed save leaves the previous file whole. A state that is not finite is never written.
+    Returns the iteration saved."""
+    if not all(t.isfinite().all() for t in [*state["model"].values(), *state["momentum"]]):
+        kept = "no checkpoint was written" if saved_at is None else \
+            f"{path} still holds iteration {saved_at:,}"
+        raise FloatingPointError(f"the weights became NaN or infinite by iteration "
+                                 f"{state['iteration']:,}: training diverged; {kept}")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save turns a full disk into a RuntimeError
+        tmp.unlink(missing_ok=True)
+        why = str(e.__cause__ or e).splitlines()[0]
+        raise OSError(f"could not write {path} ({why}); the previous file, if any, is whole") \
+            from None
+    return state["iteration"]
+
+
+def load(path):
+    """(checkpoint, its network on the CPU in eval mode). torch.load(weights_only=True) runs no
+    code from the file; load_state_dict(strict=True) checks every weight's name and shape
+    against the network the file's settings name (built on the meta device: no memory)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        run = ckpt["args"]
+        with torch.device("meta"):
+            model = ResNet(run.get("depth", 18), width=run["width"], plain=run.get("plain", False))
+        model.load_state_dict(ckpt["model"], assign=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError) as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a checkpoint of train.py ({why})") from None
+    return ckpt, model.eval()
+
+
+def resume(args, given, ckpt, path):
+    """Give `args` the checkpoint's settings, but for --iters, --lr-drops and --data (the same
+    images, elsewhere); refuse, naming the flag, a change of what the run has done."""
+    saved, done = ckpt["args"], ckpt["iteration"]
+    if "momentum" not in ckpt:
+        raise ValueError(f"{path} holds a network's weights, not a run to resume")
+    for k in given - AHEAD:
+        if getattr(args, k) != saved[k]:
+            flag = "--" + k.replace("_", "-")
+            raise ValueError(f"{path} was trained with {flag} {saved[k]}, and a resume "
+                             f"continues that run: leave {flag} out, or start a new --ckpt")
+    for k in set(SETTINGS) - given:
+        setattr(args, k, saved[k])
+    if args.iters <= done:
+        raise ValueError(f"{path} has run {done:,} of its {saved['iters']:,} iterations: to "
+                         f"train it further, give --iters above {done}")
+    old, new = schedule(saved["iters"], saved["lr_drops"]), schedule(args.iters, args.lr_drops)
+    if min(set(old) ^ set(new), default=done) < done:
+        raise ValueError(f"{path} ran {done:,} iterations with the rate divided at "
+                         f"{old or 'no iteration'}: --lr-drops may change only what is ahead")
+
+
+def command(path):
+    """The command that continues the run in `path`."""
+    return shlex.join(["python", sys.argv[0], "--resume", "--ckpt", str(path)])
 
 
 def exact(device):
@@ -264,19 +383,6 @@ def compiled(model, device):
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
-def check_fits(args, device):
-    """A clear error, before any allocation, for a network too large for `device`."""
-    with torch.device("meta"):
-        model = ResNet(args.depth, width=args.width, plain=args.plain)
-    need = 3 * 4 * sum(p.numel() for p in model.parameters())  # weights, gradients, momentum
-    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" \
-        else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if need > have:
-        raise ValueError(f"--width {args.width}: {model.name} would need {need / 2**30:.1f} "
-                         f"GiB for its weights, gradients and momentum alone, more than the "
-                         f"{have / 2**30:.1f} GiB of {device}")
-
-
 def provenance(device, seconds):
     """What ran: the device, torch, the training time, and a hash of the code that trained."""
     code = hashlib.sha256(b"".join(Path(__file__).with_name(f).read_bytes()
@@ -286,18 +392,17 @@ def provenance(device, seconds):
             "source": code.hexdigest()[:12]}
 
 
-def check_finite(what, value, it, run):
-    if not math.isfinite(value):
-        raise FloatingPointError(f"the {what} became {value} by iteration {it:,}: training "
-                                 f"diverged; {run.kept()}")
-
-
 def hms(seconds):
     """A duration as a person reads it: '6 h 17 min 03 s', '2 min 49 s', '12 s'."""
     s = round(seconds)
     h, m, s = s // 3600, s // 60 % 60, s % 60
-    return f"{h} h {m:02d} min {s:02d} s" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+    if h:
+        return f"{h} h {m:02d} min {s:02d} s"
+    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 if __name__ == "__main__":
-    sys.exit(checkpoint.cli(main))
+    try:
+        sys.exit(main())
+    except (OSError, ValueError, ArithmeticError) as e:  # bad input, a full disk, divergence
+        sys.exit(f"error: {e}")

@@ -1,13 +1,14 @@
 """The study's Figures 1-5 from a checkpoint of train.py, Figure 6 (runs compared), Figure 7
 (does the network look at the object?), and report.md: the study redone for this run, with
 provenance, Table 1, every figure with a caption from the run's own numbers, and the study's
-claims with verdicts (study.claims). For a run of --width w (the paper's 64): Figure 2 shows
+claims with verdicts (`claims`). For a run of --width w (the paper's 64): Figure 2 shows
 the w conv1 filters, 3 the w conv1 maps of a test image (32 x 32), 4 its 8w conv5_x maps
 (4 x 4), 5 deconvnet reconstructions (Zeiler & Fergus 2014) from all of conv1 and of conv5_x,
 then channel by channel; 7 occlusion (Zeiler & Fergus §4.2), Grad-CAM and the guided
 projection, with the image again on random weights (Adebayo et al. 2018). Figures 3-5 and 7
 need test images: from --data, or else from the folder the run was trained on. `--top9
 conv5_x:7` draws the nine test images that most activate a channel (Zeiler & Fergus, Fig. 2).
+The claims' rules and tolerances are constants below; each claim is one small function.
 
     python visualize.py --ckpt run.pt                    # writes figures/fig*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
@@ -23,12 +24,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-import checkpoint
 import cifar
-import localize
-import study
+import deconvnet
+import train
 from deconvnet import project
 from resnet18 import STAGES, WIDTHS
+from train import ITERS, TEST_ACC
 
 matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
 TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
@@ -36,6 +37,13 @@ DPI = 100  # pixels per inch of the figures
 FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png", "fig7_localize.png")
 TITLES = tuple(f"Figure {n[3]}: {n[5:-4].replace('_', ' ')}" for n in FIGURES)  # "conv1 maps"
+# The rules of the verdicts (`claims`), each tolerance stated once:
+ACC_POINTS = 3.0  # the test accuracy at 10,000 and 50,000 iterations: within 3 points either way
+JUMP = (3.0, 2000)  # across the drop: up by 3 points or more within 2,000 iterations
+RISE = 0.05  # late over-fitting: the last test loss at least 5 % above its lowest after the drop
+TRAIN_ALL = 99.5  # train accuracy (%) that counts as 100 %
+BLANK_SHARE = 0.25  # "a lot of blank convolution outputs": at least a quarter of conv5_x maps
+OCCLUDED, RHO = 0.5, 0.5  # localised: occluded P(class) below half; occlusion map's rho below 0.5
 
 
 def get_args(argv=None):
@@ -60,7 +68,8 @@ def get_args(argv=None):
     p.add_argument("--sanity", type=int, default=0, metavar="N",
                    help="also run the randomisation test of every Figure 7 map over the first N "
                         "test images of each class (default 0: not run; 10 takes a minute)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", type=train.device, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     args = p.parse_args(argv)
     if not (args.image.isascii() and args.image.isdigit()) and args.image not in cifar.CLASSES:
         p.error(f"--image {args.image}: give an index or a class name "
@@ -131,20 +140,8 @@ def blank(maps):
     return (maps.flatten(1).amax(1) == 0).cpu().numpy()
 
 
-def check_out(paths):
-    """Refuse, before drawing, to replace a file that is not ours (not a PNG figure or a report
-    of this script), or what a planted link points to."""
-    for path in paths:
-        ours = b"\x89PNG" if path.suffix == ".png" else b"# Reproduction report"
-        if path.exists() and (not path.is_file() or not path.read_bytes().startswith(ours)):
-            raise ValueError(f"{path} exists and is not a figure or report of visualize.py; it "
-                             f"was left alone: pick another --out")
-
-
 def save(fig, path):
-    """Written like a checkpoint: a fresh temporary file, then a rename over `path`."""
-    checkpoint.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI,
-                                                        bbox_inches="tight"))
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {path}")
 
@@ -174,9 +171,9 @@ def fig1_learning_curve(history, run, name, path):
     done = "" if it == run["iters"] else f", evaluated to iteration {it:,} of {run['iters']:,}"
     fig, axes = curves([("", history, "o")], f"{name}, batch {run['batch']}{done}")
     for ax in axes:
-        for d in (d for d in run["lr_drops"] if d <= it):  # the drops the run has passed
+        for d in (d for d in train.schedule(run["iters"], run["lr_drops"]) if d <= it):
             ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
-    studys = [(i, a) for i, a in study.TEST_ACC.items() if i <= it]
+    studys = [(i, a) for i, a in TEST_ACC.items() if i <= it]
     if studys:
         axes[1].plot(*zip(*studys), "k*", ms=10, label="study, test (its Table 1 columns)")
     for ax in axes:
@@ -297,7 +294,7 @@ def fig7_localize(model, test_x, test_y, index, path):
     Returns the maps of the --image on the trained network."""
     others = [int(np.flatnonzero(test_y == c)[0]) for c in range(10)
               if c != test_y[index] and (test_y == c).any()]
-    rows = [(model, index, "trained"), (localize.reinitialised(model), index, "random weights")]
+    rows = [(model, index, "trained"), (deconvnet.reinitialised(model), index, "random weights")]
     rows += [(model, i, "trained") for i in others]
     titles = ["input", "P(true class), square over\neach place: 0 dark, 1 bright",
               "strongest conv5_x channel: its total\nwith the square there, as a share of\n"
@@ -308,7 +305,7 @@ def fig7_localize(model, test_x, test_y, index, path):
     first = None
     for (net, i, kind), row in zip(rows, axes):
         x = cifar.normalize(test_x[i:i + 1])
-        m = localize.maps(net, x, int(test_y[i]))
+        m = deconvnet.maps(net, x, int(test_y[i]))
         first = first or m
         name = cifar.CLASSES[test_y[i]]
         row[0].imshow(show(x)[0], interpolation="nearest")
@@ -346,29 +343,109 @@ def labels(paths, runs):
     return [f"{n} ({p})" if names.count(n) > 1 else n for n, p in zip(names, paths)]
 
 
-# --- The report -------------------------------------------------------------------------------
+# --- The report ---------------------------------------------------------------------------
 
 def report(ckpt, model, drawn, facts, path):
     """report.md, the study redone for this run; drawn: {file: (title, caption)} of its figures."""
     run = ckpt["args"]
     prov = {k: "not recorded" for k in ("device", "torch", "source")} | ckpt.get("provenance", {})
+    hours = f"{prov['seconds'] / 3600:.2f} h" if "seconds" in prov else "not recorded"
+    settings = ", ".join(f"{k} {run[k]}" for k in train.SETTINGS if k != "data" and k in run)
     lines = [f"# Reproduction report: {model.name}, at iteration {ckpt['iteration']:,}", "",
-             "| Provenance | |", "|---|---|", f"| Network | {model.name}: "
-             f"{sum(p.numel() for p in model.parameters()):,} parameters |",
-             f"| Settings | {', '.join(f'{k} {run[k]}' for k in study.SETTINGS if k != 'data')} |",
+             "| Provenance | |", "|---|---|",
+             f"| Network | {model.name}: {sum(p.numel() for p in model.parameters()):,} "
+             f"parameters |", f"| Settings | {settings} |",
              f"| Data | {ckpt['data_fingerprint']} |", f"| Test images | {facts['images']} |",
              f"| Device | {prov['device']} |", f"| torch | {prov['torch']} |",
-             "| Training time, summed over resumes | " + (f"{prov['seconds'] / 3600:.2f} h |"
-                                                        if "seconds" in prov else "not recorded |"),
+             f"| Training time, summed over resumes | {hours} |",
              f"| Source: sha256 of resnet18.py, cifar.py, train.py | {prov['source']} |", "",
-             "## Table 1", "", study.table(ckpt["history"]), ""]
+             "## Table 1", "", train.table(ckpt["history"]), ""]
     for name, (title, words) in sorted(drawn.items()):
         lines += [f"## {title}", "", f"![{title}]({name})", "", words, ""]
     lines += ["## The study's claims, checked", "", "| Claim | This run | Verdict |",
-              "|---|---|---|"] + [f"| {c} | {e} | {v} |" for c, e, v in study.claims(
+              "|---|---|---|"] + [f"| {c} | {e} | {v} |" for c, e, v in claims(
                   ckpt["history"], run, facts.get("blank5"), facts.get("located"))]
-    checkpoint.write_atomic(path, lambda f: f.write("\n".join(lines).encode() + b"\n"))
+    path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
+
+
+def claims(history, run, blank=None, located=None):
+    """The study's claims, each checked on this run: [(claim, evidence, verdict)], a verdict
+    "holds", "does not hold", or "not measured: why" where the run cannot test the claim.
+    blank: (blank maps, maps) of Figure 4's conv5_x; located: (lowest occluded P(class),
+    P(class), the occlusion map's rho in the randomisation test) of Figure 7."""
+    at = {h["iteration"]: h for h in history}
+    studys = (run.get("depth", 18), run["width"], run.get("plain", False)) == (18, 64, False)
+    drops = train.schedule(run["iters"], run["lr_drops"])
+    after = [h for h in history if drops and h["iteration"] > drops[0]]
+    return [accuracy_at(10000, at, studys), accuracy_at(ITERS, at, studys),
+            jump_at_drop(history, after), late_rise(after), train_reaches_100(at),
+            blank_conv5(blank), localised(located)]
+
+
+def holds(true):
+    return "holds" if true else "does not hold"
+
+
+def accuracy_at(it, at, studys):
+    claim = f"test accuracy {TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})"
+    if it not in at:
+        return claim, "-", f"not measured: the run has no evaluation at {it:,}"
+    acc = at[it]["test_acc"]
+    if not studys:
+        return claim, f"{acc:.2f} %", "not measured: the network is not the study's ResNet-18 " \
+                                      "at width 64"
+    return claim, f"{acc:.2f} %", holds(abs(acc - TEST_ACC[it]) <= ACC_POINTS)
+
+
+def jump_at_drop(history, after):
+    claim = f"test accuracy jumps at the drop (by {JUMP[0]:g} points or more)"
+    before = [h for h in history if after and h["iteration"] < after[0]["iteration"]]
+    if not before or after[0]["iteration"] - before[-1]["iteration"] > JUMP[1]:
+        return claim, "-", "not measured: the run has no evaluations either side of a drop"
+    a, b = before[-1], after[0]
+    return claim, f"{a['test_acc']:.2f} % at {a['iteration']:,}, {b['test_acc']:.2f} % at " \
+                  f"{b['iteration']:,}", holds(b["test_acc"] - a["test_acc"] >= JUMP[0])
+
+
+def late_rise(after):
+    claim = f"the test loss rises late (the last at least {RISE:.0%} above its lowest after " \
+            f"the drop)"
+    if len(after) < 3:
+        return claim, "-", "not measured: fewer than three evaluations after a drop"
+    low, last = min(after, key=lambda h: h["test_loss"]), after[-1]
+    return claim, f"lowest {low['test_loss']:.4f} at {low['iteration']:,}, last " \
+                  f"{last['test_loss']:.4f} at {last['iteration']:,}", \
+        holds(last["test_loss"] >= (1 + RISE) * low["test_loss"])
+
+
+def train_reaches_100(at):
+    claim = f"train accuracy reaches 100 % (at least {TRAIN_ALL} %)"
+    if not at:
+        return claim, "-", "not measured: the run has no evaluation"
+    done = max(at)
+    evidence = f"{at[done]['train_acc']:.2f} % at {done:,}"
+    if done < ITERS:
+        return claim, evidence, f"not measured: the run is shorter ({done:,} of {ITERS:,} " \
+                                f"iterations)"
+    return claim, evidence, holds(at[done]["train_acc"] >= TRAIN_ALL)
+
+
+def blank_conv5(blank):
+    claim = f"many conv5 maps are blank (at least {BLANK_SHARE:.0%})"
+    if blank is None:
+        return claim, "-", "not measured: no test image, so no Figure 4"
+    return claim, f"{blank[0]} of {blank[1]}", holds(blank[0] >= BLANK_SHARE * blank[1])
+
+
+def localised(located):
+    claim = f"conv5 localises the object (occlusion takes P(class) below {OCCLUDED:g} of " \
+            f"itself, and its map passes the randomisation test: rho below {RHO:g})"
+    if located is None:
+        return claim, "-", "not measured: the randomisation test was not asked for (--sanity N)"
+    lowest, prob, rho = located
+    return claim, f"P {prob:.2f}, lowest {lowest:.2f}; rho {rho:.2f}", \
+        holds(lowest < OCCLUDED * prob and rho < RHO)
 
 
 def test_images(args, ckpt):
@@ -420,7 +497,7 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
         drawn[FIGURES[6]] = TITLES[6], f"{image}; occluded, {lowest:.2f} at the lowest"
     if args.sanity:
         picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
-        rho = localize.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
+        rho = deconvnet.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
         table = "\n".join(
             [f"The randomisation test: Spearman's rho between each map on the trained network "
              f"and on random weights, over {len(picks)} test images (the first {args.sanity} "
@@ -436,11 +513,10 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
 
 def main(argv=None):
     args = get_args(argv)
-    device = checkpoint.pick_device(args.device)
     paths = [Path(args.ckpt), *map(Path, args.compare)]
     if len({p.resolve() for p in paths}) < len(paths):
         raise ValueError("--compare: a checkpoint is given twice")
-    (ckpt, model), *others = [checkpoint.load(p) for p in paths]
+    (ckpt, model), *others = [train.load(p) for p in paths]
     run, history, want = ckpt["args"], ckpt["history"], set(args.figures)
     spec = args.top9 and parse_top9(args.top9, model.width)
     args.data, test_x, test_y = test_images(args, ckpt)
@@ -451,16 +527,14 @@ def main(argv=None):
     elif want <= {3, 4, 5, 7} or spec or args.sanity:
         raise ValueError(none)
     out = Path(args.out)
-    check_out([out / FIGURES[k - 1] for k in want] + [out / "report.md"]
-              + ([out / f"top9_{spec[0]}_{spec[1]}.png"] if spec else []))
-    model.to(device, memory_format=torch.channels_last)
+    model.to(args.device, memory_format=torch.channels_last)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{args.ckpt}: {model.name} at iteration {ckpt['iteration']:,}")
-    print(f"Table 1 of this run, beside the study's:\n{study.table(history)}")
+    print(f"Table 1 of this run, beside the study's:\n{train.table(history)}")
     drawn, facts = {}, {"images": f"{args.data}" if args.data else "none"}  # for the report
     if history and 1 in want:
         fig1_learning_curve(history, run, model.name, out / FIGURES[0])
-        jump, rise = study.claims(history, run)[2:4]  # their evidence, in words
+        jump, rise = claims(history, run)[2:4]  # their evidence, in words
         drawn[FIGURES[0]] = TITLES[0], f"Around the drop: {jump[1]}; after it: {rise[1]}"
     if 2 in want:
         fig2_conv1_filters(model, out / FIGURES[1])
@@ -473,10 +547,13 @@ def main(argv=None):
     if args.data is None:
         print(none)
     else:
-        facts.update(image_figures(model, args, test_x.to(device), test_y, spec, out, drawn))
+        facts.update(image_figures(model, args, test_x.to(args.device), test_y, spec, out, drawn))
     report(ckpt, model, drawn, facts, out / "report.md")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(checkpoint.cli(main))
+    try:
+        sys.exit(main())
+    except (OSError, ValueError) as e:  # a bad checkpoint, no test images, a bad --image
+        sys.exit(f"error: {e}")

@@ -7,7 +7,7 @@
 Rounds alternate (a) and (b) so that both see the same machine load; each prints images/s and
 the median ratio, the data pipeline's share of a step of (b), and the peak memory.
 
-    python bench.py --device cpu --width 16
+    python -m tools.bench --device cpu --width 16      # from the repository's root
 """
 import argparse
 import resource
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import cifar
 from resnet18 import ResNet18
+import train
 from train import compiled, exact, train_step
 
 
@@ -56,7 +56,8 @@ def timed(fn, steps, device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", type=train.device, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     p.add_argument("--width", type=int, default=64, help="model width (default 64, the study)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32, the study)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
@@ -66,7 +67,7 @@ def main(argv=None):
                    help="torch.compile the project's model as train.py does (on CUDA: mode "
                         "reduce-overhead, CUDA graphs)")
     args = p.parse_args(argv)
-    device = checkpoint.pick_device(args.device)
+    device = args.device
     exact(device)  # as train.py runs: on CUDA, deterministic cuDNN and no TF32
     g = torch.Generator().manual_seed(0)  # the images' content does not matter
     images = torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -133,4 +134,4 @@ def compare(base_step, project_step, data_step, args, device):
 
 
 if __name__ == "__main__":
-    sys.exit(checkpoint.cli(main))
+    sys.exit(main())
