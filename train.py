@@ -196,6 +196,7 @@ def main(argv=None):
     test = torch.as_tensor(test_x).to(args.device), torch.as_tensor(test_y).to(args.device)
     if ckpt:
         loader.load_state_dict(ckpt["loader"])
+        model.train()  # load() gives it in eval mode
     else:
         torch.manual_seed(args.seed)
         model = ResNet(args.depth, width=args.width, plain=args.plain)
@@ -336,8 +337,11 @@ def load(path):
         with torch.device("meta"):
             model = ResNet(run.get("depth", 18), width=run["width"], plain=run.get("plain", False))
         model.load_state_dict(ckpt["model"], assign=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError) as e:
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    except (pickle.UnpicklingError, EOFError):  # not torch.save's, or code: refused unread
+        raise ValueError(f"{path}: not a checkpoint of train.py (torch.load with weights_only "
+                         f"refused it: another kind of file, or objects that run code)") from None
+    except (RuntimeError, KeyError, TypeError) as e:  # truncated, another network, another dict
+        why = " ".join(str(e).split())[:200]
         raise ValueError(f"{path}: not a checkpoint of train.py ({why})") from None
     return ckpt, model.eval()
 

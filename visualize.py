@@ -1,14 +1,12 @@
 """The study's Figures 1-5 from a checkpoint of train.py, Figure 6 (runs compared), Figure 7
 (does the network look at the object?), and report.md: the study redone for this run, with
-provenance, Table 1, every figure with a caption from the run's own numbers, and the study's
-claims with verdicts (`claims`). For a run of --width w (the paper's 64): Figure 2 shows
-the w conv1 filters, 3 the w conv1 maps of a test image (32 x 32), 4 its 8w conv5_x maps
-(4 x 4), 5 deconvnet reconstructions (Zeiler & Fergus 2014) from all of conv1 and of conv5_x,
-then channel by channel; 7 occlusion (Zeiler & Fergus §4.2), Grad-CAM and the guided
-projection, with the image again on random weights (Adebayo et al. 2018). Figures 3-5 and 7
-need test images: from --data, or else from the folder the run was trained on. `--top9
-conv5_x:7` draws the nine test images that most activate a channel (Zeiler & Fergus, Fig. 2).
-The claims' rules and tolerances are constants below; each claim is one small function.
+Table 1, every figure with a caption from the run's own numbers, and each of the study's claims
+with a verdict by the rules below. For a run of --width w (the paper's 64): Figure 2 shows the w
+conv1 filters, 3 the w conv1 maps of a test image, 4 its 8w conv5_x maps, 5 deconvnet
+reconstructions (Zeiler & Fergus 2014) from whole layers and channel by channel; 7 occlusion
+(Zeiler & Fergus §4.2), Grad-CAM and the guided projection, also on random weights (Adebayo et
+al. 2018). `--top9 conv5_x:7` draws the nine test images that most activate a channel (Zeiler
+& Fergus, Fig. 2). Figures 3-5 and 7 need test images: --data, else the run's own folder.
 
     python visualize.py --ckpt run.pt                    # writes figures/fig*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
@@ -70,11 +68,7 @@ def get_args(argv=None):
                         "test images of each class (default 0: not run; 10 takes a minute)")
     p.add_argument("--device", type=train.device, default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
-    args = p.parse_args(argv)
-    if not (args.image.isascii() and args.image.isdigit()) and args.image not in cifar.CLASSES:
-        p.error(f"--image {args.image}: give an index or a class name "
-                f"({', '.join(cifar.CLASSES)})")
-    return args
+    return p.parse_args(argv)
 
 
 def parse_top9(spec, width):
@@ -89,13 +83,14 @@ def parse_top9(spec, width):
     return layer, int(channel)
 
 
-def pick_image(spec, labels, data):
+def pick_image(spec, labels):
     """--image as an index into the test set, or the first test image of a class."""
-    hits = [int(spec)] if spec.isdigit() else np.flatnonzero(labels == cifar.CLASSES.index(spec))
-    if not len(hits) or hits[0] >= len(labels):
-        raise ValueError(f"--image {spec}: the test set in {data} has no {spec} (it has images "
-                         f"0 to {len(labels) - 1})")
-    return int(hits[0])
+    if spec.isdigit() and int(spec) < len(labels):
+        return int(spec)
+    if spec in cifar.CLASSES and (labels == cifar.CLASSES.index(spec)).any():
+        return int(np.flatnonzero(labels == cifar.CLASSES.index(spec))[0])
+    raise ValueError(f"--image {spec}: give a test image's index, 0 to {len(labels) - 1}, or "
+                     f"the name of a class it holds ({', '.join(cifar.CLASSES)})")
 
 
 # --- Drawing: shared helpers ------------------------------------------------------------------
@@ -208,20 +203,15 @@ def fig3_conv1_maps(x, feats, label, path):
 
 
 def fig4_conv5_maps(feats, label, path):
-    """The conv5_x maps, one scale, the blank ones outlined; returns how many are blank."""
+    """The conv5_x maps on one shared scale; returns how many are blank."""
     maps = feats["conv5_x"][0].float().cpu().numpy()  # (C, 4, 4)
-    empty = blank(feats["conv5_x"][0])  # (C,)
-    cols, h = 2 * math.ceil(math.sqrt(len(maps) / 2)), maps.shape[1]
+    empty, h = blank(feats["conv5_x"][0]), maps.shape[1]  # (C,)
     fig, ax = plt.subplots(figsize=(14, 8))
-    ax.imshow(grid(maps / max(maps.max(), 1e-12), cols),
+    ax.imshow(grid(maps / max(maps.max(), 1e-12), 2 * math.ceil(math.sqrt(len(maps) / 2))),
               cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1,
               interpolation="nearest")
-    for i in np.flatnonzero(empty):
-        r, c = divmod(i, cols)
-        ax.add_patch(plt.Rectangle((c * (h + 1) + 0.5, r * (h + 1) + 0.5), h, h, fill=False,
-                                   ec="red", lw=0.8))
     ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of {h} x {h}, one "
-                 f"shared scale; {empty.sum()} blank (all zero), outlined in red")
+                 f"shared scale; {empty.sum()} blank (all zero, black)")
     ax.axis("off")
     save(fig, path)
     return int(empty.sum())
@@ -331,16 +321,6 @@ def fig7_localize(model, test_x, test_y, index, path):
                  "architecture with random weights (Adebayo et al. 2018)", fontsize=10)
     save(fig, path)
     return first
-
-
-def labels(paths, runs):
-    """A legend entry per run: its network, the settings in which the runs differ, and its
-    file where two entries would still read the same."""
-    keys = [k for k in ("lr", "batch", "momentum", "wd", "seed", "iters", "lr_drops", "amp")
-            if len({str(r[k]) for r in runs}) > 1]
-    names = [f"{'plain' if r['plain'] else 'ResNet'}-{r['depth']}, width {r['width']}"
-             + "".join(f", {k} {r[k]}" for k in keys) for r in runs]
-    return [f"{n} ({p})" if names.count(n) > 1 else n for n, p in zip(names, paths)]
 
 
 # --- The report ---------------------------------------------------------------------------
@@ -471,7 +451,7 @@ def test_images(args, ckpt):
 def image_figures(model, args, test_x, test_y, spec, out, drawn):
     """Figures 3-5 and 7, --top9 and --sanity for the --image (test_x on the model's device);
     appends to `drawn`, returns what the claims need."""
-    want, index = set(args.figures), pick_image(args.image, test_y, args.data)
+    want, index = set(args.figures), pick_image(args.image, test_y)
     x = cifar.normalize(test_x[index:index + 1])  # (1, 3, 32, 32)
     with torch.no_grad():
         feats = model.features(x)
@@ -514,8 +494,6 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
 def main(argv=None):
     args = get_args(argv)
     paths = [Path(args.ckpt), *map(Path, args.compare)]
-    if len({p.resolve() for p in paths}) < len(paths):
-        raise ValueError("--compare: a checkpoint is given twice")
     (ckpt, model), *others = [train.load(p) for p in paths]
     run, history, want = ckpt["args"], ckpt["history"], set(args.figures)
     spec = args.top9 and parse_top9(args.top9, model.width)
@@ -523,7 +501,7 @@ def main(argv=None):
     none = f"Figures 3-5 and 7, --top9 and --sanity need test images, and the run's data " \
            f"folder ({run['data']}) has none: pass --data with the CIFAR-10 folder"
     if args.data is not None:
-        pick_image(args.image, test_y, args.data)  # a bad --image fails before any figure
+        pick_image(args.image, test_y)  # a bad --image fails before any figure
     elif want <= {3, 4, 5, 7} or spec or args.sanity:
         raise ValueError(none)
     out = Path(args.out)
@@ -540,9 +518,9 @@ def main(argv=None):
         fig2_conv1_filters(model, out / FIGURES[1])
         drawn[FIGURES[1]] = TITLES[1], f"{model.width} filters of 3 x 3, each scaled alone"
     if args.compare and 6 in want:
-        names = labels(paths, [run] + [c["args"] for c, _ in others])
-        fig6_compare(list(zip(names, [history] + [c["history"] for c, _ in others])),
-                     out / FIGURES[5])
+        runs = [(ckpt, model), *others]
+        names = [f"{m.name} ({p.name})" for p, (_, m) in zip(paths, runs)]
+        fig6_compare(list(zip(names, [c["history"] for c, _ in runs])), out / FIGURES[5])
         drawn[FIGURES[5]] = TITLES[5], ", ".join(names)
     if args.data is None:
         print(none)

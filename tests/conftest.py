@@ -2,7 +2,7 @@
 as a user runs them: in this process (fast), or as a new process where the test needs one.
 
 `pytest tests` runs the fast tests; `pytest tests --slow` also runs the ones marked slow (those
-that start processes: signals, SIGKILL, a closed stdout, the lock between two runs).
+that start processes: signals, SIGKILL, a file-size limit, each script's own `__main__`).
 """
 import contextlib
 import importlib
@@ -18,8 +18,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map_only
 
-import checkpoint  # the repository root is on sys.path: pyproject.toml's pythonpath
-import cifar
+import cifar  # the repository root is on sys.path: pyproject.toml's pythonpath
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,9 +72,9 @@ def tiny_data(tmp_path):
     return make_cifar(tmp_path / "data")
 
 
-def run_cli(script, *args, cwd, **_):
-    """Run one of the project's scripts in this process, exactly as its `__main__` block does
-    (checkpoint.cli: one line for an expected error), from the folder `cwd`. Returns a
+def run_cli(script, *args, cwd):
+    """Run one of the project's scripts in this process, as its `__main__` block does (an
+    expected error is one line, "error: ..."), from the folder `cwd`. Returns a
     CompletedProcess, as run_process does."""
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
@@ -85,9 +84,11 @@ def run_cli(script, *args, cwd, **_):
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = checkpoint.cli(importlib.import_module(script[:-3]).main, argv)
+                code = importlib.import_module(script[:-3]).main(argv)
             except SystemExit as e:  # argparse's usage errors
                 code = e.code
+            except (OSError, ValueError, ArithmeticError) as e:
+                code = f"error: {e}"
     finally:
         os.chdir(old[0])
         sys.argv = old[1]
