@@ -81,25 +81,17 @@ def load_or_download(root, download=True):
 
 
 def fetch(url, path, timeout=60):
-    """Download `url` into `path`, with progress on stderr; a server silent for `timeout`
-    seconds is gone (urlopen's socket timeout raises TimeoutError)."""
+    """Download `url` into `path`; a server silent for `timeout` seconds raises TimeoutError."""
+    print(f"downloading {url} (162 MB)", file=sys.stderr, flush=True)
     with urllib.request.urlopen(url, timeout=timeout) as r, open(path, "wb") as f:
-        total, done = int(r.headers.get("Content-Length") or 0), 0
-        try:
-            while chunk := r.read1(1 << 20):
-                done += f.write(chunk)
-                print(f"\rdownloading {url}: {done >> 20} / {total >> 20} MiB", end="",
-                      file=sys.stderr, flush=True)
-        finally:
-            print(file=sys.stderr)  # error lines start on a line of their own
+        shutil.copyfileobj(r, f)
 
 
 def download_cifar10(root, url=URL, md5=MD5):
-    """Fetch, check and extract CIFAR-10 into `root/cifar-10-batches-bin`; return that folder.
-    An archive already in `root` (fetched by hand) is used instead of the network. The download
-    and the extraction happen in a temporary folder, which goes whatever happens; nothing is put
-    in `root` unless the MD5 matches and tarfile's "data" filter passes every member (no links
-    out, no absolute paths, nothing outside the folder)."""
+    """Fetch, check and extract CIFAR-10 into `root/cifar-10-batches-bin`, or use the archive in
+    `root` if one was fetched by hand. Both happen in a temporary folder that goes whatever
+    happens: nothing is put in `root` unless the MD5 matches and tarfile's "data" filter passes
+    every member (no links out, no absolute paths, nothing outside the folder)."""
     root = Path(root)
     archive = root / Path(url).name
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,16 +27,12 @@ Springenberg et al. 2015, arXiv:1412.6806), which brings the image back in at ev
     r = project(model, x, "conv5_x", channel=7, keep="max")   # one activation of channel 7
 
 A picture of the object is not evidence that the network uses it: guided backpropagation
-draws nearly the same picture for a network with random weights (Adebayo et al. 2018,
-"Sanity Checks for Saliency Maps", arXiv:1810.03292). So, below the deconvnet:
-- `occlusion` (Zeiler & Fergus §4.2 and Figure 7): slide a grey square over the image and
-  watch the probability of the true class, or (`occlusion_feature`) one channel's total;
-- `gradcam` (Selvaraju et al. 2017, arXiv:1610.02391): each channel of a stage weighed by the
-  mean gradient of the class logit, at the stage's own resolution;
-- the randomisation test of Adebayo et al. (`reinitialised`, `spearman`, `sanity`): a map on
-  the trained network and on the same architecture with fresh weights; a high rank
-  correlation between the two means the map shows the input, not what the network learned.
-`maps` computes Figure 7's maps of one image. Each takes a model of resnet18.py in eval mode
+draws nearly the same picture with random weights (Adebayo et al. 2018, arXiv:1810.03292).
+So, below: `occlusion` (Zeiler & Fergus §4.2) slides a grey square over the image and reads
+P(true class); `gradcam` (Selvaraju et al. 2017, arXiv:1610.02391) weighs a stage's channels by
+the mean gradient of the class logit; and `sanity`, Adebayo et al.'s randomisation test, ranks
+each map on the trained network against the same map on fresh weights: a high correlation
+means the map shows the input, not what the network learned. Each takes a model in eval mode
 and `x`, one normalised image as a batch of one: (1, 3, 32, 32).
 """
 import torch
@@ -136,40 +132,33 @@ def project(model, x, layer, channel=None, keep="map", guided=False):
 
 # --- Does the network look at the object? -----------------------------------------------------
 
-def occluded(x, size, stride, fill):
-    """Every copy of x with one size x size square set to `fill`, the square moving by
-    `stride`: (1, 3, H, W) -> (n * n, 3, H, W), n = (H - size) // stride + 1, row-major."""
+def slide(read, x, size, stride, fill, batch):
+    """read(copies) of every copy of x with one size x size square set to `fill`, the square
+    moving by `stride`, row-major: (1, 3, H, W) -> (n, n), n = (H - size) // stride + 1."""
     H = x.shape[-1]
     n = (H - size) // stride + 1
     start = torch.arange(n, device=x.device)[:, None] * stride  # (n, 1)
     pixel = torch.arange(H, device=x.device)  # (H,)
     inside = (pixel >= start) & (pixel < start + size)  # (n, H): pixel inside square i
     mask = inside[:, None, :, None] & inside[None, :, None, :]  # (n, n, H, W)
-    return torch.where(mask.view(n * n, 1, H, H), torch.tensor(fill, dtype=x.dtype,
-                                                              device=x.device), x)
+    copies = torch.where(mask.view(n * n, 1, H, H), fill, x)  # (n * n, 3, H, W)
+    return torch.cat([read(c) for c in copies.split(batch)]).view(n, n)
 
 
 @torch.no_grad()
 def occlusion(model, x, target, size=8, stride=2, fill=0.0, batch=256):
     """Zeiler & Fergus §4.2: entry (i, j) is the softmax probability of class `target` when the
     square x[..., i*stride : i*stride+size, j*stride : j*stride+size] is set to `fill` (0 is the
-    data's mean colour after normalisation). (1, 3, 32, 32) -> (n, n), n = (32 - size) //
-    stride + 1; all copies go through the network in batches of `batch`."""
-    copies = occluded(x, size, stride, fill)  # (n * n, 3, 32, 32)
-    n = (x.shape[-1] - size) // stride + 1
-    probs = torch.cat([model(c).softmax(1)[:, target] for c in copies.split(batch)])
-    return probs.view(n, n)
+    data's mean colour after normalisation). (1, 3, 32, 32) -> (n, n)."""
+    return slide(lambda c: model(c).softmax(1)[:, target], x, size, stride, fill, batch)
 
 
 @torch.no_grad()
 def occlusion_feature(model, x, layer, channel, size=8, stride=2, fill=0.0, batch=256):
-    """As `occlusion`, for the total activation of `channel` of stage `layer` ("conv1" ...
-    "conv5_x"): Zeiler & Fergus Figure 7, second column. (1, 3, 32, 32) -> (n, n)."""
-    copies = occluded(x, size, stride, fill)
-    n = (x.shape[-1] - size) // stride + 1
-    totals = torch.cat([model.features(c)[layer][:, channel].sum((1, 2))
-                        for c in copies.split(batch)])  # (n * n,)
-    return totals.view(n, n)
+    """As `occlusion`, for the total activation of `channel` of stage `layer`: Zeiler & Fergus
+    Figure 7, second column. (1, 3, 32, 32) -> (n, n)."""
+    return slide(lambda c: model.features(c)[layer][:, channel].sum((1, 2)), x, size, stride,
+                 fill, batch)
 
 
 def gradcam(model, x, target, layer="conv5_x"):
@@ -191,8 +180,7 @@ def gradcam(model, x, target, layer="conv5_x"):
 
 def reinitialised(model, seed=0):
     """The same architecture with fresh weights (resnet18.py's initialisation, `seed`), in eval
-    mode on the same device and dtype: the randomisation test of Adebayo et al. §3.1. The global
-    random generator is left as it was."""
+    mode on the same device and dtype (Adebayo et al. §3.1); the global generator is untouched."""
     p = next(model.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -116,10 +116,6 @@ def ResNet18(num_classes=10, width=64, plain=False):
     return ResNet(18, num_classes, width, plain)
 
 
-def ResNet34(num_classes=10, width=64, plain=False):
-    return ResNet(34, num_classes, width, plain)
-
-
 if __name__ == "__main__":
     for depth in BLOCKS:
         for plain in (False, True):

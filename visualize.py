@@ -53,19 +53,17 @@ def get_args(argv=None):
                    "index, or a class name for its first test image, e.g. ship (default 0)")
     p.add_argument("--out", default="figures", help="folder for the figures and report.md "
                    "(default figures)")
-    p.add_argument("--top9", metavar="LAYER:CHANNEL",
-                   help="also draw the 9 test images that most activate this channel, e.g. "
-                        "conv5_x:7 (conv1 and conv2_x have w channels, conv3_x 2w, conv4_x 4w, "
-                        "conv5_x 8w, for --width w)")
+    p.add_argument("--top9", metavar="LAYER:CHANNEL", help="also draw the 9 test images that "
+                   "most activate this channel, e.g. conv5_x:7 (for --width w: conv1 and "
+                   "conv2_x have w channels, conv3_x 2w, conv4_x 4w, conv5_x 8w)")
     p.add_argument("--compare", nargs="+", metavar="CKPT", default=[],
                    help="other checkpoints, drawn with --ckpt in fig6_compare.png")
     p.add_argument("--figures", type=int, nargs="+", choices=range(1, 8), metavar="K",
-                   default=list(range(1, 8)),
-                   help="which figures to draw, e.g. --figures 1 7 (default all; 6 only with "
-                        "--compare)")
-    p.add_argument("--sanity", type=int, default=0, metavar="N",
-                   help="also run the randomisation test of every Figure 7 map over the first N "
-                        "test images of each class (default 0: not run; 10 takes a minute)")
+                   default=list(range(1, 8)), help="which figures to draw, e.g. --figures 1 7 "
+                   "(default all; 6 only with --compare)")
+    p.add_argument("--sanity", type=int, default=0, metavar="N", help="also run the "
+                   "randomisation test of every Figure 7 map over the first N test images of "
+                   "each class (default 0: not run; 10 takes a minute)")
     p.add_argument("--device", type=train.device, default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     return p.parse_args(argv)
@@ -75,11 +73,10 @@ def parse_top9(spec, width):
     """'conv5_x:7' -> ('conv5_x', 7), checked against the run's channels."""
     layer, _, channel = spec.partition(":")
     if layer not in STAGES or not channel.isdigit():
-        raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL with LAYER one of "
-                         f"{', '.join(STAGES)}")
-    channels = WIDTHS[layer] * width
-    if int(channel) >= channels:
-        raise ValueError(f"--top9 {spec}: {layer} has {channels} channels, no channel {channel}")
+        raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL, LAYER one of {STAGES}")
+    if int(channel) >= WIDTHS[layer] * width:
+        raise ValueError(f"--top9 {spec}: {layer} has {WIDTHS[layer] * width} channels, no "
+                         f"channel {channel}")
     return layer, int(channel)
 
 
@@ -108,8 +105,7 @@ def grid(tiles, cols, pad=1):
 
 
 def filter_grid(weight):
-    """conv1 weights (C, 3, k, k) -> RGB grid, each filter scaled alone and symmetrically:
-    0 is mid-grey."""
+    """conv1 weights (C, 3, k, k) -> RGB grid, each filter scaled alone, 0 mid-grey."""
     w = weight.detach().float().cpu().numpy().transpose(0, 2, 3, 1)  # (C, 3, k, k) -> (C, k, k, 3)
     scale = np.abs(w).reshape(len(w), -1).max(1).clip(min=1e-12)  # (C,)
     w = 0.5 + w / (2 * scale[:, None, None, None])  # [-max, max] -> [0, 1]
@@ -123,16 +119,15 @@ def show(images):
 
 
 def contrast(r):
-    """Projections (B, 3, H, W) -> (B, H, W, 3) in [0, 1], each scaled to its own +-max
-    (0 is grey)."""
+    """Projections (B, 3, H, W) -> (B, H, W, 3) in [0, 1], each scaled to its own +-max, 0 grey."""
     r = r.float().cpu()
     r = 0.5 + r / (2 * r.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12))
     return r.permute(0, 2, 3, 1).numpy()
 
 
 def blank(maps):
-    """(C,) True where a map of maps (C, h, w) is blank: all zero, on the host."""
-    return (maps.flatten(1).amax(1) == 0).cpu().numpy()
+    """How many maps of maps (C, h, w) are blank: all zero."""
+    return int((maps.flatten(1).amax(1) == 0).sum())
 
 
 def save(fig, path):
@@ -142,7 +137,7 @@ def save(fig, path):
 
 
 def curves(runs, title):
-    """Loss and accuracy against iterations, for runs [(label, history, style)]: one colour a
+    """Loss and accuracy against iterations, for runs [(label, history, marker)]: one colour a
     run, train dashed and test solid. Returns the figure and its two axes."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -186,8 +181,8 @@ def fig2_conv1_filters(model, path):
 
 
 def fig3_conv1_maps(x, feats, label, path):
-    """The image and its conv1 maps; returns how many maps are blank."""
-    maps, n = feats["conv1"][0].float(), int(blank(feats["conv1"][0]).sum())  # (C, 32, 32)
+    """The image and its conv1 maps, each scaled alone; returns how many maps are blank."""
+    maps = feats["conv1"][0].float()  # (C, 32, 32)
     maps = (maps / maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).cpu().numpy()
     fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
     axes[0].imshow(show(x)[0], interpolation="nearest")
@@ -195,50 +190,47 @@ def fig3_conv1_maps(x, feats, label, path):
     cmap = plt.get_cmap("gray").with_extremes(bad="white")
     axes[1].imshow(grid(maps, math.ceil(math.sqrt(len(maps)))), cmap=cmap, interpolation="nearest")
     axes[1].set(title=f"its {len(maps)} conv1 feature maps, {maps.shape[1]} x {maps.shape[2]} "
-                      f"(each scaled alone); {n} blank (all zero, black)")
+                      f"(each scaled alone); {blank(feats['conv1'][0])} blank (all zero, black)")
     for ax in axes:
         ax.axis("off")
     save(fig, path)
-    return n
+    return blank(feats["conv1"][0])
 
 
 def fig4_conv5_maps(feats, label, path):
     """The conv5_x maps on one shared scale; returns how many are blank."""
     maps = feats["conv5_x"][0].float().cpu().numpy()  # (C, 4, 4)
-    empty, h = blank(feats["conv5_x"][0]), maps.shape[1]  # (C,)
     fig, ax = plt.subplots(figsize=(14, 8))
     ax.imshow(grid(maps / max(maps.max(), 1e-12), 2 * math.ceil(math.sqrt(len(maps) / 2))),
               cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1,
               interpolation="nearest")
-    ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of {h} x {h}, one "
-                 f"shared scale; {empty.sum()} blank (all zero, black)")
+    ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of 4 x 4, one shared "
+                 f"scale; {blank(feats['conv5_x'][0])} blank (all zero, black)")
     ax.axis("off")
     save(fig, path)
-    return int(empty.sum())
+    return blank(feats["conv5_x"][0])
 
 
 def fig5_deconvnet(model, x, feats, path):
     """Top: the study's Figure 5, the reconstructions from whole layers. Below: each of the
     most active channels alone, from its strongest activation."""
     layers = [(layer, guided) for guided in (False, True) for layer in ("conv1", "conv5_x")]
-    rows = [("input", [show(x)[0]] + [contrast(project(model, x, layer, guided=g))[0]
-                                      for layer, g in layers],
-             ["input"] + [f"all of {layer}{', guided' if g else ''}" for layer, g in layers])]
+    rows = [[(show(x)[0], "input")] + [(contrast(project(model, x, layer, guided=g))[0],
+                                        f"all of {layer}{', guided' if g else ''}")
+                                       for layer, g in layers]]
     for layer, guided in (("conv1", False), ("conv5_x", False), ("conv5_x", True)):
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
         channels = strength.argsort(descending=True)[:TOP_CHANNELS].tolist()
-        rows.append((layer, [show(x)[0]] + [contrast(project(model, x, layer, c, keep="max",
-                                                             guided=guided))[0]
-                                            for c in channels],
-                     ["input"] + [f"{layer}{', guided' if guided else ''} ch {c}"
-                                  for c in channels]))
-    fig, axes = plt.subplots(len(rows), TOP_CHANNELS + 1, figsize=(2 * (TOP_CHANNELS + 1),
-                                                                     2.3 * len(rows)))
-    for (_, images, titles), row in zip(rows, axes):
-        for ax, image, title in zip(row, images + [None] * len(row), titles + [""] * len(row)):
-            if image is not None:
-                ax.imshow(image, interpolation="nearest")
+        rows.append([(show(x)[0], "input")] + [
+            (contrast(project(model, x, layer, c, keep="max", guided=guided))[0],
+             f"{layer}{', guided' if guided else ''} ch {c}") for c in channels])
+    fig, axes = plt.subplots(len(rows), TOP_CHANNELS + 1,
+                             figsize=(2 * (TOP_CHANNELS + 1), 2.3 * len(rows)))
+    for panels, row in zip(rows, axes):
+        for ax, (image, title) in zip(row, panels):
+            ax.imshow(image, interpolation="nearest")
             ax.set_title(title, fontsize=9)
+        for ax in row:
             ax.axis("off")
     fig.suptitle("Row 1: reconstructions from a whole layer (the study's Figure 5). Below, one "
                  "channel at a time: each channel's strongest activation, most active first;\n"
@@ -247,16 +239,7 @@ def fig5_deconvnet(model, x, feats, path):
     save(fig, path)
 
 
-def fig6_compare(runs, path):
-    """runs: [(label, history)]."""
-    fig, axes = curves([(f"{label}, ", history, "") for label, history in runs],
-                       "Learning curves: train (no augmentation) dashed, test solid")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    save(fig, path)
-
-
-def top9(model, test_x, test_y, layer, channel, out):
+def top9(model, test_x, test_y, layer, channel, path):
     """test_x: the uint8 test images on the model's device."""
     with torch.no_grad():  # per test image, the channel's strongest activation
         strength = torch.cat([model.features(cifar.normalize(x))[layer][:, channel].flatten(1)
@@ -274,7 +257,7 @@ def top9(model, test_x, test_y, layer, channel, out):
         ax.axis("off")
     fig.suptitle(f"The 9 test images that most activate {layer} channel {channel}: "
                  f"{', '.join(names)}")
-    save(fig, Path(out) / f"top9_{layer}_{channel}.png")
+    save(fig, path)
 
 
 def fig7_localize(model, test_x, test_y, index, path):
@@ -323,7 +306,7 @@ def fig7_localize(model, test_x, test_y, index, path):
     return first
 
 
-# --- The report ---------------------------------------------------------------------------
+# --- The report: Table 1, the figures, and the study's claims with their verdicts ----------------
 
 def report(ckpt, model, drawn, facts, path):
     """report.md, the study redone for this run; drawn: {file: (title, caption)} of its figures."""
@@ -371,11 +354,10 @@ def accuracy_at(it, at, studys):
     claim = f"test accuracy {TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})"
     if it not in at:
         return claim, "-", f"not measured: the run has no evaluation at {it:,}"
-    acc = at[it]["test_acc"]
+    acc = f"{at[it]['test_acc']:.2f} %"
     if not studys:
-        return claim, f"{acc:.2f} %", "not measured: the network is not the study's ResNet-18 " \
-                                      "at width 64"
-    return claim, f"{acc:.2f} %", holds(abs(acc - TEST_ACC[it]) <= ACC_POINTS)
+        return claim, acc, "not measured: the network is not the study's ResNet-18 at width 64"
+    return claim, acc, holds(abs(at[it]["test_acc"] - TEST_ACC[it]) <= ACC_POINTS)
 
 
 def jump_at_drop(history, after):
@@ -401,14 +383,11 @@ def late_rise(after):
 
 def train_reaches_100(at):
     claim = f"train accuracy reaches 100 % (at least {TRAIN_ALL} %)"
-    if not at:
-        return claim, "-", "not measured: the run has no evaluation"
-    done = max(at)
-    evidence = f"{at[done]['train_acc']:.2f} % at {done:,}"
+    done = max(at, default=0)
     if done < ITERS:
-        return claim, evidence, f"not measured: the run is shorter ({done:,} of {ITERS:,} " \
-                                f"iterations)"
-    return claim, evidence, holds(at[done]["train_acc"] >= TRAIN_ALL)
+        return claim, "-", f"not measured: the run is shorter ({done:,} of {ITERS:,} iterations)"
+    return claim, f"{at[done]['train_acc']:.2f} % at {done:,}", \
+        holds(at[done]["train_acc"] >= TRAIN_ALL)
 
 
 def blank_conv5(blank):
@@ -427,6 +406,8 @@ def localised(located):
     return claim, f"P {prob:.2f}, lowest {lowest:.2f}; rho {rho:.2f}", \
         holds(lowest < OCCLUDED * prob and rho < RHO)
 
+
+# --- What to draw ------------------------------------------------------------------------------
 
 def test_images(args, ckpt):
     """(folder, test images uint8, labels) for Figures 3-5 and 7, checked before any figure is
@@ -450,7 +431,7 @@ def test_images(args, ckpt):
 
 def image_figures(model, args, test_x, test_y, spec, out, drawn):
     """Figures 3-5 and 7, --top9 and --sanity for the --image (test_x on the model's device);
-    appends to `drawn`, returns what the claims need."""
+    adds to `drawn`, returns what the claims need."""
     want, index = set(args.figures), pick_image(args.image, test_y)
     x = cifar.normalize(test_x[index:index + 1])  # (1, 3, 32, 32)
     with torch.no_grad():
@@ -460,18 +441,19 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
     label, facts = f"test image {index} ({name})", {}
     image = f"{label}, P({name}) = {prob:.2f}"
     if 3 in want:
-        blank = fig3_conv1_maps(x, feats, label, out / FIGURES[2])
-        drawn[FIGURES[2]] = TITLES[2], f"{image}: {blank} of its {model.width} conv1 maps blank"
+        n = fig3_conv1_maps(x, feats, label, out / FIGURES[2])
+        drawn[FIGURES[2]] = TITLES[2], f"{image}: {n} of its {model.width} conv1 maps blank"
     if 4 in want:
-        blank, n = fig4_conv5_maps(feats, label, out / FIGURES[3]), 8 * model.width
-        facts["blank5"] = blank, n
-        drawn[FIGURES[3]] = TITLES[3], f"{image}: {blank} of its {n} conv5_x maps blank"
+        n, maps = fig4_conv5_maps(feats, label, out / FIGURES[3]), 8 * model.width
+        facts["blank5"] = n, maps
+        drawn[FIGURES[3]] = TITLES[3], f"{image}: {n} of its {maps} conv5_x maps blank"
     if 5 in want:
         fig5_deconvnet(model, x, feats, out / FIGURES[4])
         drawn[FIGURES[4]] = TITLES[4], image
     if spec:
-        top9(model, test_x, test_y, *spec, out)
-        drawn[f"top9_{spec[0]}_{spec[1]}.png"] = f"Top 9 of {spec[0]}:{spec[1]}", "Zeiler & Fergus"
+        top = f"top9_{spec[0]}_{spec[1]}.png"
+        top9(model, test_x, test_y, *spec, out / top)
+        drawn[top] = f"Top 9 of {spec[0]}:{spec[1]}", "Zeiler & Fergus"
     if 7 in want:
         lowest = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])["occlusion"].min()
         drawn[FIGURES[6]] = TITLES[6], f"{image}; occluded, {lowest:.2f} at the lowest"
@@ -505,11 +487,11 @@ def main(argv=None):
     elif want <= {3, 4, 5, 7} or spec or args.sanity:
         raise ValueError(none)
     out = Path(args.out)
-    model.to(args.device, memory_format=torch.channels_last)
     out.mkdir(parents=True, exist_ok=True)
+    model.to(args.device, memory_format=torch.channels_last)
     print(f"{args.ckpt}: {model.name} at iteration {ckpt['iteration']:,}")
     print(f"Table 1 of this run, beside the study's:\n{train.table(history)}")
-    drawn, facts = {}, {"images": f"{args.data}" if args.data else "none"}  # for the report
+    drawn, facts = {}, {"images": args.data or "none"}  # for the report
     if history and 1 in want:
         fig1_learning_curve(history, run, model.name, out / FIGURES[0])
         jump, rise = claims(history, run)[2:4]  # their evidence, in words
@@ -520,7 +502,11 @@ def main(argv=None):
     if args.compare and 6 in want:
         runs = [(ckpt, model), *others]
         names = [f"{m.name} ({p.name})" for p, (_, m) in zip(paths, runs)]
-        fig6_compare(list(zip(names, [c["history"] for c, _ in runs])), out / FIGURES[5])
+        fig, axes = curves([(f"{n}, ", c["history"], "") for n, (c, _) in zip(names, runs)],
+                           "Learning curves: train (no augmentation) dashed, test solid")
+        for ax in axes:
+            ax.legend(fontsize=7)
+        save(fig, out / FIGURES[5])
         drawn[FIGURES[5]] = TITLES[5], ", ".join(names)
     if args.data is None:
         print(none)

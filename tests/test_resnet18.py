@@ -4,16 +4,16 @@ import torch
 from torch import nn
 
 from conftest import trained_looking
-from resnet18 import STAGES, BasicBlock, ResNet18, ResNet34
+from resnet18 import STAGES, BasicBlock, ResNet, ResNet18
 
 F = torch.nn.functional
 
 
-@pytest.mark.parametrize("net", [ResNet18, ResNet34])
+@pytest.mark.parametrize("depth", [18, 34])
 @pytest.mark.parametrize("plain", [False, True], ids=["residual", "plain"])
 @pytest.mark.parametrize("width", [64, 4])
-def test_stage_shapes_and_logits(net, plain, width):
-    model = net(width=width, plain=plain).eval()  # eval: a batch of one is a batch
+def test_stage_shapes_and_logits(depth, plain, width):
+    model = ResNet(depth, width=width, plain=plain).eval()  # eval: a batch of one is a batch
     x = torch.randn(1, 3, 32, 32)
     feats = model.features(x)
     expected = {"conv1": (width, 32), "conv2_x": (width, 32), "conv3_x": (2 * width, 16),
@@ -23,14 +23,13 @@ def test_stage_shapes_and_logits(net, plain, width):
         assert feats[name].shape == (1, c, s, s), name
         assert (feats[name] >= 0).all(), f"{name} is post-ReLU"
     assert model(x).shape == (1, 10)
-    assert net(num_classes=7, width=width, plain=plain).eval()(x).shape == (1, 7)
+    assert ResNet(depth, 7, width, plain).eval()(x).shape == (1, 7)
 
 
-@pytest.mark.parametrize("net,plain,count", [
-    (ResNet18, False, 11_173_962), (ResNet18, True, 11_000_138),
-    (ResNet34, False, 21_282_122), (ResNet34, True, 21_108_298)])
-def test_parameter_counts_of_the_four_networks(net, plain, count):
-    assert sum(p.numel() for p in net(plain=plain).parameters()) == count
+@pytest.mark.parametrize("depth,plain,count", [(18, False, 11_173_962), (18, True, 11_000_138),
+                                               (34, False, 21_282_122), (34, True, 21_108_298)])
+def test_parameter_counts_of_the_four_networks(depth, plain, count):
+    assert sum(p.numel() for p in ResNet(depth, plain=plain).parameters()) == count
 
 
 def test_structure_follows_the_paper():
@@ -46,7 +45,7 @@ def test_structure_follows_the_paper():
 
 
 def test_resnet34_has_he_et_al_blocks_and_plain_has_no_shortcut():
-    model = ResNet34(width=8, plain=True)
+    model = ResNet(34, width=8, plain=True)
     assert [len(getattr(model, s)) for s in STAGES[1:]] == [3, 4, 6, 3]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 1 + 2 * 16 and all(c.kernel_size == (3, 3) for c in convs)  # 34 = 33 + fc
@@ -54,29 +53,20 @@ def test_resnet34_has_he_et_al_blocks_and_plain_has_no_shortcut():
     assert [getattr(model, s)[0].conv1.stride for s in STAGES[2:]] == [(2, 2)] * 3
 
 
-def test_plain_block_matches_a_functional_oracle():
+def bn(t, m):
+    return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["residual", "plain"])
+def test_basic_block_matches_a_functional_oracle(plain):
     torch.manual_seed(0)
-    block = trained_looking(BasicBlock(4, 8, stride=2, plain=True))
+    block = trained_looking(BasicBlock(4, 8, stride=2, plain=plain))
     x = torch.randn(2, 4, 8, 8)
-
-    def bn(t, m):
-        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
-    first = F.relu(bn(F.conv2d(x, block.conv1.weight, stride=2, padding=1), block.bn1))
-    want = F.relu(bn(F.conv2d(first, block.conv2.weight, padding=1), block.bn2))
-    torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-5)
-
-
-def test_basic_block_matches_a_functional_oracle():
-    torch.manual_seed(0)
-    block = trained_looking(BasicBlock(4, 8, stride=2))
-    x = torch.randn(2, 4, 8, 8)
-
-    def bn(t, m):
-        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
     main = bn(F.conv2d(F.relu(bn(F.conv2d(x, block.conv1.weight, stride=2, padding=1), block.bn1)),
                        block.conv2.weight, padding=1), block.bn2)
-    short = bn(F.conv2d(x, block.shortcut[0].weight, stride=2), block.shortcut[1])
-    torch.testing.assert_close(block(x), F.relu(main + short), rtol=1e-5, atol=1e-5)
+    if not plain:  # the projection shortcut, option B
+        main = main + bn(F.conv2d(x, block.shortcut[0].weight, stride=2), block.shortcut[1])
+    torch.testing.assert_close(block(x), F.relu(main), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("in_c,out_c,stride", [(4, 4, 1), (4, 6, 2)],
