@@ -82,7 +82,7 @@ def load_or_download(root, download=True):
 
 def fetch(url, path, timeout=60):
     """Download `url` into `path`; a server silent for `timeout` seconds raises TimeoutError."""
-    print(f"downloading {url} (162 MB)", file=sys.stderr, flush=True)
+    print(f"downloading {url} (162 MB)", flush=True)
     with urllib.request.urlopen(url, timeout=timeout) as r, open(path, "wb") as f:
         shutil.copyfileobj(r, f)
 

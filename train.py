@@ -44,8 +44,7 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("the study's SGD and schedule (its §2)")
-    s.add_argument("--iters", type=at_least(1), default=ITERS,
-                   help="SGD iterations in all (default 50000)")
+    s.add_argument("--iters", type=at_least(1), default=ITERS, help="iterations (default 50000)")
     s.add_argument("--batch", type=at_least(1), default=32, help="images per step (default 32)")
     s.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
     s.add_argument("--momentum", type=float, default=0.9,
@@ -57,20 +56,18 @@ def get_args(argv=None):
                         "study's 32000 when the run is longer, else none; He et al. use 32000 "
                         "48000; the flag with no value: a constant rate)")
     n = p.add_argument_group("the network (He et al. Table 1)")
-    n.add_argument("--depth", type=int, choices=(18, 34), default=18,
-                   help="18 or 34 layers (default 18)")
+    n.add_argument("--depth", type=int, choices=(18, 34), default=18, help="layers (default 18)")
     n.add_argument("--plain", action="store_true",
                    help="drop every shortcut: He et al.'s plain network, the control")
-    n.add_argument("--width", type=at_least(8), default=64,
-                   help="channels of conv1; every stage scales with it (default 64, the paper; "
-                        "at least 8: narrower ones crash PyTorch's CPU backward of the 1x1 "
-                        "stride-2 shortcut in channels_last on AVX2 CPUs)")
+    n.add_argument("--width", type=at_least(8), default=64, help="channels of conv1, every "
+                   "stage scaled with it (default 64, the paper's; at least 8: narrower ones "
+                   "crash PyTorch's CPU backward of a strided 1x1 convolution on AVX2 CPUs)")
     r = p.add_argument_group("the run")
     r.add_argument("--data", default="./data",
                    help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
     r.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    r.add_argument("--seed", type=at_least(0), default=0,
-                   help="seed of the weights and of the batches (default 0)")
+    r.add_argument("--seed", type=at_least(0), default=0, help="seed of weights and batches "
+                   "(default 0)")
     r.add_argument("--eval-every", type=at_least(0), default=1000, help="iterations between "
                    "evaluations and checkpoints; 0: only at the end (default 1000)")
     r.add_argument("--ckpt", default="run.pt", help="checkpoint to write (default run.pt)")
@@ -397,12 +394,9 @@ def provenance(device, seconds):
 
 
 def hms(seconds):
-    """A duration as a person reads it: '6 h 17 min 03 s', '2 min 49 s', '12 s'."""
-    s = round(seconds)
-    h, m, s = s // 3600, s // 60 % 60, s % 60
-    if h:
-        return f"{h} h {m:02d} min {s:02d} s"
-    return f"{m} min {s:02d} s" if m else f"{s} s"
+    """A duration as a person reads it: '6 h 17 min 03 s'."""
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min {s:02d} s"
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
-"""The study's Figures 1-5 from a checkpoint of train.py, Figure 6 (runs compared), Figure 7
-(does the network look at the object?), and report.md: the study redone for this run, with
-Table 1, every figure with a caption from the run's own numbers, and each of the study's claims
-with a verdict by the rules below. For a run of --width w (the paper's 64): Figure 2 shows the w
-conv1 filters, 3 the w conv1 maps of a test image, 4 its 8w conv5_x maps, 5 deconvnet
-reconstructions (Zeiler & Fergus 2014) from whole layers and channel by channel; 7 occlusion
-(Zeiler & Fergus §4.2), Grad-CAM and the guided projection, also on random weights (Adebayo et
-al. 2018). `--top9 conv5_x:7` draws the nine test images that most activate a channel (Zeiler
-& Fergus, Fig. 2). Figures 3-5 and 7 need test images: --data, else the run's own folder.
+"""The study's Figures 1-5 from a checkpoint of train.py: learning curves, conv1 filters, conv1
+and conv5_x maps of a test image, deconvnet reconstructions (Zeiler & Fergus 2014); Figure 6
+compares runs; Figure 7 asks whether the network looks at the object (occlusion, Grad-CAM, and
+the randomisation test of Adebayo et al. 2018); `--top9` draws the nine test images that most
+activate a channel (Zeiler & Fergus Fig. 2). report.md redoes the study for the run: Table 1,
+each figure with a caption from the run's own numbers, each claim with a verdict by the rules
+below. Figures 3-5 and 7 need test images: from --data, else from the run's own folder.
 
     python visualize.py --ckpt run.pt                    # writes figures/fig*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
@@ -21,16 +19,14 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import cifar
 import deconvnet
 import train
-from deconvnet import project
 from resnet18 import STAGES, WIDTHS
-from train import ITERS, TEST_ACC
 
 matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
-TOP_CHANNELS = 8  # channels per layer in Figure 5's per-channel rows
 DPI = 100  # pixels per inch of the figures
 FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png", "fig7_localize.png")
@@ -49,34 +45,28 @@ def get_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="run.pt", help="checkpoint of train.py (default run.pt)")
     p.add_argument("--data", help="CIFAR-10 folder with the test images (default: the run's)")
-    p.add_argument("--image", default="0", help="the test image of Figures 3-5 and 7: its "
-                   "index, or a class name for its first test image, e.g. ship (default 0)")
-    p.add_argument("--out", default="figures", help="folder for the figures and report.md "
-                   "(default figures)")
+    p.add_argument("--image", default="0", help="the test image of Figures 3-5 and 7: an index, "
+                   "or a class, e.g. ship, for its first test image (default 0)")
+    p.add_argument("--out", default="figures", help="folder to write to (default figures)")
     p.add_argument("--top9", metavar="LAYER:CHANNEL", help="also draw the 9 test images that "
-                   "most activate this channel, e.g. conv5_x:7 (for --width w: conv1 and "
-                   "conv2_x have w channels, conv3_x 2w, conv4_x 4w, conv5_x 8w)")
-    p.add_argument("--compare", nargs="+", metavar="CKPT", default=[],
-                   help="other checkpoints, drawn with --ckpt in fig6_compare.png")
+                   "most activate this channel, e.g. conv5_x:7")
+    p.add_argument("--compare", nargs="+", metavar="CKPT", default=[], help="other checkpoints")
     p.add_argument("--figures", type=int, nargs="+", choices=range(1, 8), metavar="K",
                    default=list(range(1, 8)), help="which figures to draw, e.g. --figures 1 7 "
                    "(default all; 6 only with --compare)")
     p.add_argument("--sanity", type=int, default=0, metavar="N", help="also run the "
-                   "randomisation test of every Figure 7 map over the first N test images of "
-                   "each class (default 0: not run; 10 takes a minute)")
+                   "randomisation test over the first N test images of each class (default 0)")
     p.add_argument("--device", type=train.device, default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     return p.parse_args(argv)
 
 
 def parse_top9(spec, width):
-    """'conv5_x:7' -> ('conv5_x', 7), checked against the run's channels."""
+    """'conv5_x:7' -> ('conv5_x', 7), a channel of the run's network."""
     layer, _, channel = spec.partition(":")
-    if layer not in STAGES or not channel.isdigit():
-        raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL, LAYER one of {STAGES}")
-    if int(channel) >= WIDTHS[layer] * width:
-        raise ValueError(f"--top9 {spec}: {layer} has {WIDTHS[layer] * width} channels, no "
-                         f"channel {channel}")
+    if layer not in STAGES or not channel.isdigit() or int(channel) >= WIDTHS[layer] * width:
+        raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL, with LAYER one of {STAGES} "
+                         f"and CHANNEL below its channels, {[WIDTHS[s] * width for s in STAGES]}")
     return layer, int(channel)
 
 
@@ -89,8 +79,6 @@ def pick_image(spec, labels):
     raise ValueError(f"--image {spec}: give a test image's index, 0 to {len(labels) - 1}, or "
                      f"the name of a class it holds ({', '.join(cifar.CLASSES)})")
 
-
-# --- Drawing: shared helpers ------------------------------------------------------------------
 
 def grid(tiles, cols, pad=1):
     """(N, h, w[, 3]) tiles -> one image of rows x cols tiles, NaN (drawn white) between them."""
@@ -120,14 +108,8 @@ def show(images):
 
 def contrast(r):
     """Projections (B, 3, H, W) -> (B, H, W, 3) in [0, 1], each scaled to its own +-max, 0 grey."""
-    r = r.float().cpu()
-    r = 0.5 + r / (2 * r.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12))
-    return r.permute(0, 2, 3, 1).numpy()
-
-
-def blank(maps):
-    """How many maps of maps (C, h, w) are blank: all zero."""
-    return int((maps.flatten(1).amax(1) == 0).sum())
+    r = r.float().cpu().permute(0, 2, 3, 1)
+    return (0.5 + r / (2 * r.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12))).numpy()
 
 
 def save(fig, path):
@@ -137,8 +119,7 @@ def save(fig, path):
 
 
 def curves(runs, title):
-    """Loss and accuracy against iterations, for runs [(label, history, marker)]: one colour a
-    run, train dashed and test solid. Returns the figure and its two axes."""
+    """Loss and accuracy against iterations of runs [(label, history, marker)]: (figure, axes)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (label, history, marker), colour in zip(runs, colours * len(runs)):
@@ -154,19 +135,16 @@ def curves(runs, title):
     return fig, axes
 
 
-# --- The figures ----------------------------------------------------------------------------
-
 def fig1_learning_curve(history, run, name, path):
     it = history[-1]["iteration"]
-    done = "" if it == run["iters"] else f", evaluated to iteration {it:,} of {run['iters']:,}"
-    fig, axes = curves([("", history, "o")], f"{name}, batch {run['batch']}{done}")
-    for ax in axes:
-        for d in (d for d in train.schedule(run["iters"], run["lr_drops"]) if d <= it):
-            ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
-    studys = [(i, a) for i, a in TEST_ACC.items() if i <= it]
+    fig, axes = curves([("", history, "o")], f"{name}, batch {run['batch']}, evaluated to "
+                                             f"iteration {it:,} of {run['iters']:,}")
+    studys = [(i, a) for i, a in train.TEST_ACC.items() if i <= it]
     if studys:
         axes[1].plot(*zip(*studys), "k*", ms=10, label="study, test (its Table 1 columns)")
     for ax in axes:
+        for d in (d for d in train.schedule(run["iters"], run["lr_drops"]) if d <= it):
+            ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
         ax.legend(fontsize=8)
     save(fig, path)
 
@@ -174,69 +152,58 @@ def fig1_learning_curve(history, run, name, path):
 def fig2_conv1_filters(model, path):
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(filter_grid(model.conv1[0].weight), interpolation="nearest")
-    ax.set(title=f"The {model.conv1[0].out_channels} conv1 filters "
-                 f"(3 x 3 RGB; grey = 0, each scaled alone)")
+    ax.set(title=f"The {len(model.conv1[0].weight)} conv1 filters (3 x 3 RGB; grey = 0)")
     ax.axis("off")
     save(fig, path)
 
 
-def fig3_conv1_maps(x, feats, label, path):
-    """The image and its conv1 maps, each scaled alone; returns how many maps are blank."""
-    maps = feats["conv1"][0].float()  # (C, 32, 32)
-    maps = (maps / maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).cpu().numpy()
+def feature_maps(x, maps, label, layer, path):
+    """The image and its maps (C, h, w) of `layer`, each scaled alone; returns how many are 0."""
+    peak = maps.flatten(1).amax(1)  # (C,) each map's largest value
+    scaled = (maps / peak.clamp(min=1e-12)[:, None, None]).cpu()
     fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
     axes[0].imshow(show(x)[0], interpolation="nearest")
     axes[0].set(title=f"input: {label}")
-    cmap = plt.get_cmap("gray").with_extremes(bad="white")
-    axes[1].imshow(grid(maps, math.ceil(math.sqrt(len(maps)))), cmap=cmap, interpolation="nearest")
-    axes[1].set(title=f"its {len(maps)} conv1 feature maps, {maps.shape[1]} x {maps.shape[2]} "
-                      f"(each scaled alone); {blank(feats['conv1'][0])} blank (all zero, black)")
+    axes[1].imshow(grid(scaled.float().numpy(), math.ceil(math.sqrt(len(maps)))),
+                   cmap=plt.get_cmap("gray").with_extremes(bad="white"), interpolation="nearest")
+    axes[1].set(title=f"its {len(maps)} {layer} feature maps, {maps.shape[1]} x {maps.shape[2]} "
+                      f"(each scaled alone); {int((peak == 0).sum())} blank (all zero, black)")
     for ax in axes:
         ax.axis("off")
     save(fig, path)
-    return blank(feats["conv1"][0])
+    return int((peak == 0).sum())
 
 
-def fig4_conv5_maps(feats, label, path):
-    """The conv5_x maps on one shared scale; returns how many are blank."""
-    maps = feats["conv5_x"][0].float().cpu().numpy()  # (C, 4, 4)
-    fig, ax = plt.subplots(figsize=(14, 8))
-    ax.imshow(grid(maps / max(maps.max(), 1e-12), 2 * math.ceil(math.sqrt(len(maps) / 2))),
-              cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1,
-              interpolation="nearest")
-    ax.set(title=f"conv5_x feature maps of the {label}: {len(maps)} maps of 4 x 4, one shared "
-                 f"scale; {blank(feats['conv5_x'][0])} blank (all zero, black)")
-    ax.axis("off")
+def panels(rows, title, path):
+    """A figure of rows of (image, caption) panels."""
+    cols = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2 * cols, 2.3 * len(rows)), squeeze=False)
+    for row, ax_row in zip(rows, axes):
+        for ax, (image, caption) in zip(ax_row, row):
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(caption, fontsize=9)
+        for ax in ax_row:
+            ax.axis("off")
+    fig.suptitle(title)
     save(fig, path)
-    return blank(feats["conv5_x"][0])
 
 
 def fig5_deconvnet(model, x, feats, path):
-    """Top: the study's Figure 5, the reconstructions from whole layers. Below: each of the
-    most active channels alone, from its strongest activation."""
-    layers = [(layer, guided) for guided in (False, True) for layer in ("conv1", "conv5_x")]
-    rows = [[(show(x)[0], "input")] + [(contrast(project(model, x, layer, guided=g))[0],
+    """The study's Figure 5, from whole layers; below, the most active channels one by one."""
+    layers = ("conv1", False), ("conv5_x", False), ("conv1", True), ("conv5_x", True)
+    rows = [[(show(x)[0], "input")] + [(contrast(deconvnet.project(model, x, layer, guided=g))[0],
                                         f"all of {layer}{', guided' if g else ''}")
                                        for layer, g in layers]]
     for layer, guided in (("conv1", False), ("conv5_x", False), ("conv5_x", True)):
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
-        channels = strength.argsort(descending=True)[:TOP_CHANNELS].tolist()
+        channels = strength.argsort(descending=True)[:8].tolist()  # the 8 most active
         rows.append([(show(x)[0], "input")] + [
-            (contrast(project(model, x, layer, c, keep="max", guided=guided))[0],
+            (contrast(deconvnet.project(model, x, layer, c, keep="max", guided=guided))[0],
              f"{layer}{', guided' if guided else ''} ch {c}") for c in channels])
-    fig, axes = plt.subplots(len(rows), TOP_CHANNELS + 1,
-                             figsize=(2 * (TOP_CHANNELS + 1), 2.3 * len(rows)))
-    for panels, row in zip(rows, axes):
-        for ax, (image, title) in zip(row, panels):
-            ax.imshow(image, interpolation="nearest")
-            ax.set_title(title, fontsize=9)
-        for ax in row:
-            ax.axis("off")
-    fig.suptitle("Row 1: reconstructions from a whole layer (the study's Figure 5). Below, one "
-                 "channel at a time: each channel's strongest activation, most active first;\n"
-                 "last row guided. Every panel is scaled to its own range (contrast-enhanced, "
-                 "grey = 0)")
-    save(fig, path)
+    panels(rows, "Row 1: reconstructions from a whole layer (the study's Figure 5). Below, one "
+           "channel at a time: each channel's strongest activation, most active first;\nlast "
+           "row guided. Every panel is scaled to its own range (contrast-enhanced, grey = 0)",
+           path)
 
 
 def top9(model, test_x, test_y, layer, channel, path):
@@ -245,65 +212,50 @@ def top9(model, test_x, test_y, layer, channel, path):
         strength = torch.cat([model.features(cifar.normalize(x))[layer][:, channel].flatten(1)
                               .amax(1) for x in test_x.split(500)])  # (N,)
     idx = strength.argsort(descending=True)[:9]  # on the device, as test_x
-    names = [cifar.CLASSES[test_y[i]] for i in idx.tolist()]
-    print(f"top9 {layer}:{channel}: test images {idx.tolist()} ({', '.join(names)})")
     x = cifar.normalize(test_x[idx])  # (9, 3, 32, 32)
-    recons = contrast(project(model, x, layer, channel, keep="max"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    for ax, images, title in ((axes[0], recons, "deconvnet projections (contrast-enhanced)"),
-                              (axes[1], show(x), "the test images")):
-        ax.imshow(np.nan_to_num(grid(images, 3), nan=1.0), interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    fig.suptitle(f"The 9 test images that most activate {layer} channel {channel}: "
-                 f"{', '.join(names)}")
-    save(fig, path)
+    names = [f"{i} ({cifar.CLASSES[test_y[i]]})" for i in idx.tolist()]
+    projections = contrast(deconvnet.project(model, x, layer, channel, keep="max"))
+    panels([list(zip(show(x), names)), [(p, "its projection") for p in projections]],
+           f"The 9 test images that most activate {layer} channel {channel}, and their "
+           f"deconvnet projections (contrast-enhanced)", path)
 
 
 def fig7_localize(model, test_x, test_y, index, path):
-    """Rows: the --image on the trained network, the same on random weights, then the first
-    test image of every other class. Columns: input, occlusion of the true class, occlusion of
-    the strongest conv5_x channel, Grad-CAM over the image, guided projection from conv5_x.
-    Returns the maps of the --image on the trained network."""
+    """Rows: the --image, the same on random weights, the first test image of three other
+    classes. Columns: the image, occlusion of the class, occlusion of the strongest conv5_x
+    channel, Grad-CAM, the guided projection. Returns the --image's maps on the network."""
     others = [int(np.flatnonzero(test_y == c)[0]) for c in range(10)
               if c != test_y[index] and (test_y == c).any()]
     rows = [(model, index, "trained"), (deconvnet.reinitialised(model), index, "random weights")]
-    rows += [(model, i, "trained") for i in others]
-    titles = ["input", "P(true class), square over\neach place: 0 dark, 1 bright",
-              "strongest conv5_x channel: its total\nwith the square there, as a share of\n"
-              "its total without it: 0 dark, 1 bright",
-              "Grad-CAM at conv5_x,\nshare of its max: 0 dark, 1 bright",
-              "guided projection from\nall of conv5_x (grey = 0)"]
+    rows += [(model, i, "trained") for i in others[:3]]
+    titles = ["the image", "P(class), the square there", "strongest conv5_x channel,\nthe "
+              "square there, as a\nshare of it without", "Grad-CAM at conv5_x, as\na share of "
+              "its largest", "guided projection from\nall of conv5_x (grey 0)"]
     fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows)), layout="constrained")
-    first = None
+    found = []
     for (net, i, kind), row in zip(rows, axes):
         x = cifar.normalize(test_x[i:i + 1])
         m = deconvnet.maps(net, x, int(test_y[i]))
-        first = first or m
+        found.append(m)
+        cam = F.interpolate(m["gradcam"][None, None], size=(32, 32), mode="bilinear")[0, 0]
+        shown = [show(x)[0], m["occlusion"], m["feature"], cam / cam.max().clamp(min=1e-12),
+                 contrast(m["guided"])[0]]
+        for ax, image in zip(row, shown):  # the maps share one scale: 0 to 1
+            bar = ax.imshow(torch.as_tensor(image).cpu().numpy(), vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[])
         name = cifar.CLASSES[test_y[i]]
-        row[0].imshow(show(x)[0], interpolation="nearest")
         row[0].set_ylabel(f"test image {i} ({name}),\n{kind}:\nP({name}) = {m['prob']:.2f}",
                           fontsize=8)
-        row[1].imshow(m["occlusion"].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
         row[1].set_xlabel(f"lowest {m['occlusion'].min():.2f}", fontsize=8)
-        row[2].imshow(m["feature"].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
         row[2].set_xlabel(f"channel {m['channel']}", fontsize=8)
-        row[3].imshow(show(x)[0].mean(2), cmap="gray", interpolation="nearest")
-        cam = torch.nn.functional.interpolate(m["gradcam"][None, None], size=x.shape[-2:],
-                                              mode="bilinear")[0, 0].cpu()  # for display
-        row[3].imshow((cam / cam.max().clamp(min=1e-12)).numpy(), cmap="inferno", vmin=0, vmax=1,
-                      alpha=0.6)
-        row[4].imshow(contrast(m["guided"])[0], interpolation="nearest")
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=8)
+    fig.colorbar(bar, ax=axes[:, 1:4], shrink=0.5, label="the maps of columns 2-4: 0 to 1")
     fig.suptitle("Does the network look at the object? Occlusion (Zeiler & Fergus §4.2: 8 x 8 "
                  "grey square, stride 2), Grad-CAM, guided backpropagation;\nrow 2: the same "
                  "architecture with random weights (Adebayo et al. 2018)", fontsize=10)
     save(fig, path)
-    return first
+    return found[0]
 
 
 # --- The report: Table 1, the figures, and the study's claims with their verdicts ----------------
@@ -319,134 +271,111 @@ def report(ckpt, model, drawn, facts, path):
              f"| Network | {model.name}: {sum(p.numel() for p in model.parameters()):,} "
              f"parameters |", f"| Settings | {settings} |",
              f"| Data | {ckpt['data_fingerprint']} |", f"| Test images | {facts['images']} |",
-             f"| Device | {prov['device']} |", f"| torch | {prov['torch']} |",
+             f"| Device, torch | {prov['device']}, torch {prov['torch']} |",
              f"| Training time, summed over resumes | {hours} |",
              f"| Source: sha256 of resnet18.py, cifar.py, train.py | {prov['source']} |", "",
              "## Table 1", "", train.table(ckpt["history"]), ""]
     for name, (title, words) in sorted(drawn.items()):
         lines += [f"## {title}", "", f"![{title}]({name})", "", words, ""]
     lines += ["## The study's claims, checked", "", "| Claim | This run | Verdict |",
-              "|---|---|---|"] + [f"| {c} | {e} | {v} |" for c, e, v in claims(
-                  ckpt["history"], run, facts.get("blank5"), facts.get("located"))]
+              "|---|---|---|"] + [f"| {c} | {e} | {verdict(v)} |" for c, e, v in claims(
+                  ckpt["history"], run, facts.get("conv5_x"), facts.get("located"))]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 
 
 def claims(history, run, blank=None, located=None):
-    """The study's claims, each checked on this run: [(claim, evidence, verdict)], a verdict
-    "holds", "does not hold", or "not measured: why" where the run cannot test the claim.
-    blank: (blank maps, maps) of Figure 4's conv5_x; located: (lowest occluded P(class),
-    P(class), the occlusion map's rho in the randomisation test) of Figure 7."""
-    at = {h["iteration"]: h for h in history}
-    studys = (run.get("depth", 18), run["width"], run.get("plain", False)) == (18, 64, False)
+    """The study's claims checked on this run: [(claim, evidence, True, False, or why the run
+    cannot test it)]. blank: (blank maps, maps) of conv5_x in Figure 4; located: (lowest
+    occluded P(class), P(class), the occlusion map's rho in the randomisation test)."""
+    at, rows = {h["iteration"]: h for h in history}, []
+    for it in (10000, train.ITERS):
+        claim = f"test accuracy {train.TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})"
+        if it not in at:
+            rows.append((claim, "-", f"the run has no evaluation at {it:,}"))
+        elif (run.get("depth", 18), run["width"], run.get("plain", False)) != (18, 64, False):
+            rows.append((claim, f"{at[it]['test_acc']:.2f} %", "the network is not the "
+                         "study's ResNet-18 at width 64"))
+        else:
+            rows.append((claim, f"{at[it]['test_acc']:.2f} %",
+                         abs(at[it]["test_acc"] - train.TEST_ACC[it]) <= ACC_POINTS))
     drops = train.schedule(run["iters"], run["lr_drops"])
     after = [h for h in history if drops and h["iteration"] > drops[0]]
-    return [accuracy_at(10000, at, studys), accuracy_at(ITERS, at, studys),
-            jump_at_drop(history, after), late_rise(after), train_reaches_100(at),
-            blank_conv5(blank), localised(located)]
-
-
-def holds(true):
-    return "holds" if true else "does not hold"
-
-
-def accuracy_at(it, at, studys):
-    claim = f"test accuracy {TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})"
-    if it not in at:
-        return claim, "-", f"not measured: the run has no evaluation at {it:,}"
-    acc = f"{at[it]['test_acc']:.2f} %"
-    if not studys:
-        return claim, acc, "not measured: the network is not the study's ResNet-18 at width 64"
-    return claim, acc, holds(abs(at[it]["test_acc"] - TEST_ACC[it]) <= ACC_POINTS)
-
-
-def jump_at_drop(history, after):
-    claim = f"test accuracy jumps at the drop (by {JUMP[0]:g} points or more)"
     before = [h for h in history if after and h["iteration"] < after[0]["iteration"]]
+    claim = f"test accuracy jumps at the drop (by {JUMP[0]:g} points or more)"
     if not before or after[0]["iteration"] - before[-1]["iteration"] > JUMP[1]:
-        return claim, "-", "not measured: the run has no evaluations either side of a drop"
-    a, b = before[-1], after[0]
-    return claim, f"{a['test_acc']:.2f} % at {a['iteration']:,}, {b['test_acc']:.2f} % at " \
-                  f"{b['iteration']:,}", holds(b["test_acc"] - a["test_acc"] >= JUMP[0])
-
-
-def late_rise(after):
-    claim = f"the test loss rises late (the last at least {RISE:.0%} above its lowest after " \
-            f"the drop)"
+        rows.append((claim, "-", "the run has no evaluations either side of a drop"))
+    else:
+        a, b = before[-1], after[0]
+        rows.append((claim, f"{a['test_acc']:.2f} % at {a['iteration']:,}, {b['test_acc']:.2f} "
+                     f"% at {b['iteration']:,}", b["test_acc"] - a["test_acc"] >= JUMP[0]))
+    claim = f"the test loss rises late (the last at least {RISE:.0%} above its lowest after it)"
     if len(after) < 3:
-        return claim, "-", "not measured: fewer than three evaluations after a drop"
-    low, last = min(after, key=lambda h: h["test_loss"]), after[-1]
-    return claim, f"lowest {low['test_loss']:.4f} at {low['iteration']:,}, last " \
-                  f"{last['test_loss']:.4f} at {last['iteration']:,}", \
-        holds(last["test_loss"] >= (1 + RISE) * low["test_loss"])
-
-
-def train_reaches_100(at):
-    claim = f"train accuracy reaches 100 % (at least {TRAIN_ALL} %)"
+        rows.append((claim, "-", "fewer than three evaluations after a drop"))
+    else:
+        low, last = min(after, key=lambda h: h["test_loss"]), after[-1]
+        rows.append((claim, f"lowest {low['test_loss']:.4f} at {low['iteration']:,}, last "
+                     f"{last['test_loss']:.4f} at {last['iteration']:,}",
+                     last["test_loss"] >= (1 + RISE) * low["test_loss"]))
     done = max(at, default=0)
-    if done < ITERS:
-        return claim, "-", f"not measured: the run is shorter ({done:,} of {ITERS:,} iterations)"
-    return claim, f"{at[done]['train_acc']:.2f} % at {done:,}", \
-        holds(at[done]["train_acc"] >= TRAIN_ALL)
-
-
-def blank_conv5(blank):
+    claim = f"train accuracy reaches 100 % (at least {TRAIN_ALL} %)"
+    if done < train.ITERS:
+        rows.append((claim, "-", f"the run is shorter ({done:,} of {train.ITERS:,} iterations)"))
+    else:
+        rows.append((claim, f"{at[done]['train_acc']:.2f} % at {done:,}",
+                     at[done]["train_acc"] >= TRAIN_ALL))
     claim = f"many conv5 maps are blank (at least {BLANK_SHARE:.0%})"
     if blank is None:
-        return claim, "-", "not measured: no test image, so no Figure 4"
-    return claim, f"{blank[0]} of {blank[1]}", holds(blank[0] >= BLANK_SHARE * blank[1])
-
-
-def localised(located):
+        rows.append((claim, "-", "no test image, so no Figure 4"))
+    else:
+        rows.append((claim, f"{blank[0]} of {blank[1]}", blank[0] >= BLANK_SHARE * blank[1]))
     claim = f"conv5 localises the object (occlusion takes P(class) below {OCCLUDED:g} of " \
             f"itself, and its map passes the randomisation test: rho below {RHO:g})"
     if located is None:
-        return claim, "-", "not measured: the randomisation test was not asked for (--sanity N)"
-    lowest, prob, rho = located
-    return claim, f"P {prob:.2f}, lowest {lowest:.2f}; rho {rho:.2f}", \
-        holds(lowest < OCCLUDED * prob and rho < RHO)
+        rows.append((claim, "-", "the randomisation test was not asked for (--sanity N)"))
+    else:
+        lowest, prob, rho = located
+        rows.append((claim, f"P {prob:.2f}, lowest {lowest:.2f}; rho {rho:.2f}",
+                     lowest < OCCLUDED * prob and rho < RHO))
+    return rows
 
 
-# --- What to draw ------------------------------------------------------------------------------
+def verdict(value):
+    """A claim's verdict in words: True, False, or the reason the run cannot test it."""
+    if isinstance(value, str):
+        return f"not measured: {value}"
+    return "holds" if value else "does not hold"
+
 
 def test_images(args, ckpt):
-    """(folder, test images uint8, labels) for Figures 3-5 and 7, checked before any figure is
-    written; (None, None, None) where there are none."""
+    """(folder, test images uint8, labels) for Figures 3-5 and 7; (None, None, None) if none."""
     data = args.data or ckpt["args"]["data"]  # else the run's own folder, if still there
-    try:
-        test_x, test_y = cifar.load_cifar10(data, train=False)
-    except FileNotFoundError:
-        if args.data:
-            raise
+    if not args.data and not (cifar.find_folder(data) / cifar.TEST_FILES[0]).exists():
         return None, None, None
-    if ckpt.get("test_fingerprint", "") not in ("", cifar.fingerprint(test_x, test_y)):
-        wrong = f"the test images in {data} are not the ones {args.ckpt} was evaluated on"
-        if args.data is None:
-            raise ValueError(f"{wrong}: pass --data with the run's CIFAR-10 folder")
-        print(f"warning: {wrong}; the figures show these images", file=sys.stderr)
-        data = f"{data} (not the ones the run was evaluated on)"
+    test_x, test_y = cifar.load_cifar10(data, train=False)
     print(f"test images from {data}" + ("" if args.data else ", the run's --data"))
+    if ckpt.get("test_fingerprint", "") not in ("", cifar.fingerprint(test_x, test_y)):
+        print(f"warning: the test images in {data} are not the ones {args.ckpt} was evaluated "
+              f"on; the figures show these images", file=sys.stderr)
+        data = f"{data} (not the ones the run was evaluated on)"
     return data, torch.as_tensor(test_x), test_y
 
 
-def image_figures(model, args, test_x, test_y, spec, out, drawn):
-    """Figures 3-5 and 7, --top9 and --sanity for the --image (test_x on the model's device);
-    adds to `drawn`, returns what the claims need."""
-    want, index = set(args.figures), pick_image(args.image, test_y)
+def image_figures(model, args, test_x, test_y, out, drawn):
+    """Figures 3-5, 7, --top9 and --sanity, added to `drawn`; returns what the claims need."""
+    want, index, spec = set(args.figures), args.image, args.top9
     x = cifar.normalize(test_x[index:index + 1])  # (1, 3, 32, 32)
     with torch.no_grad():
         feats = model.features(x)
         prob = model(x).softmax(1)[0, test_y[index]].item()
-    name = cifar.CLASSES[test_y[index]]
-    label, facts = f"test image {index} ({name})", {}
+    name, facts = cifar.CLASSES[test_y[index]], {}
+    label = f"test image {index} ({name})"
     image = f"{label}, P({name}) = {prob:.2f}"
-    if 3 in want:
-        n = fig3_conv1_maps(x, feats, label, out / FIGURES[2])
-        drawn[FIGURES[2]] = TITLES[2], f"{image}: {n} of its {model.width} conv1 maps blank"
-    if 4 in want:
-        n, maps = fig4_conv5_maps(feats, label, out / FIGURES[3]), 8 * model.width
-        facts["blank5"] = n, maps
-        drawn[FIGURES[3]] = TITLES[3], f"{image}: {n} of its {maps} conv5_x maps blank"
+    for k, layer in ((3, "conv1"), (4, "conv5_x")):
+        if k in want:
+            n = feature_maps(x, feats[layer][0], label, layer, out / FIGURES[k - 1])
+            facts[layer] = n, len(feats[layer][0])  # blank maps, maps
+            drawn[FIGURES[k - 1]] = TITLES[k - 1], f"{image}: {n} of {facts[layer][1]} maps blank"
     if 5 in want:
         fig5_deconvnet(model, x, feats, out / FIGURES[4])
         drawn[FIGURES[4]] = TITLES[4], image
@@ -460,12 +389,12 @@ def image_figures(model, args, test_x, test_y, spec, out, drawn):
     if args.sanity:
         picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
         rho = deconvnet.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
-        table = "\n".join(
-            [f"The randomisation test: Spearman's rho between each map on the trained network "
-             f"and on random weights, over {len(picks)} test images (the first {args.sanity} "
-             f"of each class).", "", "| Map | rho, mean ± std | images with a constant map "
-             "(rho undefined) |", "|---|---:|---:|"]
-            + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |" for k, (m, s, n) in rho.items()])
+        table = "\n".join([f"The randomisation test: Spearman's rho between each map on the "
+                           f"trained network and on random weights, over {len(picks)} test "
+                           f"images (the first {args.sanity} of each class).", "",
+                           "| Map | rho, mean ± std | images with a constant map (no rho) |",
+                           "|---|---:|---:|"] + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |"
+                                                 for k, (m, s, n) in rho.items()])
         print(table)
         if 7 in want:
             drawn[FIGURES[6]] = TITLES[6], drawn[FIGURES[6]][1] + "\n\n" + table
@@ -478,14 +407,14 @@ def main(argv=None):
     paths = [Path(args.ckpt), *map(Path, args.compare)]
     (ckpt, model), *others = [train.load(p) for p in paths]
     run, history, want = ckpt["args"], ckpt["history"], set(args.figures)
-    spec = args.top9 and parse_top9(args.top9, model.width)
     args.data, test_x, test_y = test_images(args, ckpt)
-    none = f"Figures 3-5 and 7, --top9 and --sanity need test images, and the run's data " \
-           f"folder ({run['data']}) has none: pass --data with the CIFAR-10 folder"
+    if args.data is None and (want & {3, 4, 5, 7} or args.top9 or args.sanity):
+        raise ValueError(f"Figures 3-5 and 7, --top9 and --sanity need test images, and the "
+                         f"run's folder {run['data']} has none: pass --data, or --figures 1 2")
+    if args.top9:  # the flags, checked against the run before any figure
+        args.top9 = parse_top9(args.top9, model.width)
     if args.data is not None:
-        pick_image(args.image, test_y)  # a bad --image fails before any figure
-    elif want <= {3, 4, 5, 7} or spec or args.sanity:
-        raise ValueError(none)
+        args.image = pick_image(args.image, test_y)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.to(args.device, memory_format=torch.channels_last)
@@ -508,10 +437,8 @@ def main(argv=None):
             ax.legend(fontsize=7)
         save(fig, out / FIGURES[5])
         drawn[FIGURES[5]] = TITLES[5], ", ".join(names)
-    if args.data is None:
-        print(none)
-    else:
-        facts.update(image_figures(model, args, test_x.to(args.device), test_y, spec, out, drawn))
+    if args.data is not None:
+        facts.update(image_figures(model, args, test_x.to(args.device), test_y, out, drawn))
     report(ckpt, model, drawn, facts, out / "report.md")
     return 0
 

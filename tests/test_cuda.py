@@ -13,8 +13,8 @@ from resnet18 import ResNet18
 from test_train import batches, project_steps, textbook_steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs CUDA: this machine has no GPU (tools/gpu_check.sh runs "
-                                       "these on a lent one)")
+                                reason="needs CUDA: this machine has no GPU (tools/gpu_check.sh "
+                                       "runs these on a lent one)")
 CUDA = ("--width", 8, "--batch", 8, "--no-download", "--device", "cuda")  # conftest's TINY, on CUDA
 
 

@@ -84,7 +84,7 @@ def test_get_args_tells_the_flags_given_from_the_defaults():
     assert args.width == 64 and args.iters == 50000 and args.lr == 0.1 and args.lr_drops == []
 
 
-@pytest.mark.parametrize("seconds,text", [(0, "0 s"), (12.4, "12 s"), (169, "2 min 49 s"),
+@pytest.mark.parametrize("seconds,text", [(0, "0 h 00 min 00 s"), (169.4, "0 h 02 min 49 s"),
                                           (3600, "1 h 00 min 00 s"), (22618.2, "6 h 16 min 58 s")])
 def test_hms_reads_as_hours_minutes_seconds(seconds, text):
     assert train.hms(seconds) == text

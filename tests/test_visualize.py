@@ -29,29 +29,30 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def drawn(tiny_run, tmp_path_factory):
     """visualize.py once with every figure, --top9 and --sanity, under CUDA's rule of one device
-    (conftest.HostAndDevice); the counts Figures 3 and 4 returned."""
-    out, counted, real = tmp_path_factory.mktemp("figs"), {}, {"DPI": visualize.DPI}
+    (conftest.HostAndDevice)."""
+    out, dpi = tmp_path_factory.mktemp("figs"), visualize.DPI
     visualize.DPI = 30  # small figures: what they show is the same, and drawn faster
-    for name in ("fig3_conv1_maps", "fig4_conv5_maps"):
-        real[name] = getattr(visualize, name)
-
-        def spy(*args, name=name):
-            counted[name] = real[name](*args)
-            return counted[name]
-        setattr(visualize, name, spy)
     try:
         with one_device():
             r = run_cli("visualize.py", "--ckpt", tiny_run / "run.pt", "--data", tiny_run / "data",
                         "--image", 3, "--out", out, "--top9", "conv5_x:2", "--sanity", 1,
                         "--compare", tiny_run / "plain34.pt", "--device", "cpu", cwd=out)
     finally:
-        for name, f in real.items():
-            setattr(visualize, name, f)
-    return r, out, counted
+        visualize.DPI = dpi
+    return r, out
+
+
+def blank_maps(tiny_run, index):
+    """How many maps of conv1 and conv5_x are all zero for test image `index`, counted here."""
+    model = train.load(tiny_run / "run.pt")[1].to(memory_format=torch.channels_last)
+    images = torch.as_tensor(cifar.load_cifar10(tiny_run / "data", train=False)[0])
+    with torch.no_grad():
+        feats = model.features(cifar.normalize(images[index:index + 1]))
+    return {k: int((feats[k][0].flatten(1).amax(1) == 0).sum()) for k in ("conv1", "conv5_x")}
 
 
 def test_every_figure_top9_and_the_sanity_test_keep_one_device(drawn):
-    r, out, _ = drawn
+    r, out = drawn
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     for name in FIGURES + ["fig6_compare.png", "top9_conv5_x_2.png"]:
         png = (out / name).read_bytes()
@@ -63,8 +64,8 @@ def test_every_figure_top9_and_the_sanity_test_keep_one_device(drawn):
 
 
 def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, drawn):
-    r, out, counted = drawn
-    text = (out / "report.md").read_text()
+    r, out = drawn
+    text, counted = (out / "report.md").read_text(), blank_maps(tiny_run, 3)
     history = torch.load(tiny_run / "run.pt", weights_only=True)["history"]
     row = next(ln for ln in text.splitlines() if ln.startswith("| Test accuracy (%) |"))
     assert [float(c) for c in row.split("|")[2:-1]] == [round(h["test_acc"], 2) for h in history]
@@ -72,9 +73,9 @@ def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, 
     assert len(links) == 8 and all((out / link).is_file() for link in links)
     assert [ln for ln in text.splitlines() if ln.startswith("## Figure")] == \
         [f"## {t}" for t in visualize.TITLES]  # every figure, in order
-    assert f": {counted['fig3_conv1_maps']} of its 8 conv1 maps blank" in text
-    assert f": {counted['fig4_conv5_maps']} of its 64 conv5_x maps blank" in text
-    assert f"| {counted['fig4_conv5_maps']} of 64 | " in text  # the claim's evidence
+    assert f": {counted['conv1']} of 8 maps blank" in text
+    assert f": {counted['conv5_x']} of 64 maps blank" in text
+    assert f"| {counted['conv5_x']} of 64 | " in text  # the claim's evidence
     assert "--sanity" not in text.split("## The study's claims")[1]  # localisation measured
 
 
@@ -132,21 +133,23 @@ def test_each_claim_follows_its_rule(made_to):
     history = history_of(acc10k=80.0 if hold else 70.0, jump=5.0 if hold else 1.0,
                          late_rise=1.0 if hold else 0.0, train_last=99.9 if hold else 97.0)
     history[-1]["test_acc"] = 93.0 if hold else 85.0
-    verdicts = [v for _, _, v in visualize.claims(history, STUDYS, blank=(40, 64) if hold else (3, 64),
-                                              located=(0.1, 0.9, 0.2) if hold else (0.8, 0.9, 0.2))]
-    assert verdicts == ["holds" if hold else "does not hold"] * 7
+    verdicts = visualize.claims(history, STUDYS, blank=(40, 64) if hold else (3, 64),
+                                located=(0.1, 0.9, 0.2) if hold else (0.8, 0.9, 0.2))
+    assert [v for _, _, v in verdicts] == [hold] * 7
 
 
 def test_a_claim_a_run_cannot_test_says_why():
     short = [h for h in history_of(79.6, 5.0, 1.0, 100.0) if h["iteration"] <= 2000]
-    reasons = [v for _, _, v in visualize.claims(short, {**STUDYS, "lr_drops": []})]
+    reasons = [visualize.verdict(v) for _, _, v in visualize.claims(short, {**STUDYS,
+                                                                           "lr_drops": []})]
     assert reasons == ["not measured: the run has no evaluation at 10,000",
                        "not measured: the run has no evaluation at 50,000",
                        "not measured: the run has no evaluations either side of a drop",
-           "not measured: fewer than three evaluations after a drop",
-           "not measured: the run is shorter (2,000 of 50,000 iterations)",
-           "not measured: no test image, so no Figure 4",
-           "not measured: the randomisation test was not asked for (--sanity N)"]
+                       "not measured: fewer than three evaluations after a drop",
+                       "not measured: the run is shorter (2,000 of 50,000 iterations)",
+                       "not measured: no test image, so no Figure 4",
+                       "not measured: the randomisation test was not asked for (--sanity N)"]
     narrow = visualize.claims(history_of(79.6, 5.0, 1.0, 100.0), {**STUDYS, "width": 16})
-    assert [v for _, _, v in narrow[:2]] == ["not measured: the network is not the study's "
-                                             "ResNet-18 at width 64"] * 2
+    assert [v for _, _, v in narrow[:2]] == ["the network is not the study's ResNet-18 at "
+                                             "width 64"] * 2
+    assert [visualize.verdict(v) for v in (True, False)] == ["holds", "does not hold"]
