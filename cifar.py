@@ -73,18 +73,10 @@ def load_cifar10(root, train=True):
 
 
 def load_or_download(root, download=True):
-    """(train images, train labels, test images, test labels) from `root`, downloading
-    CIFAR-10 first when `root` holds none of its files (and `download` is set)."""
+    """(train images, labels, test images, labels), downloaded first where `root` has none."""
     if download and not any((find_folder(root) / n).exists() for n in TRAIN_FILES + TEST_FILES):
         download_cifar10(root)
     return (*load_cifar10(root, train=True), *load_cifar10(root, train=False))
-
-
-def fetch(url, path, timeout=60):
-    """Download `url` into `path`; a server silent for `timeout` seconds raises TimeoutError."""
-    print(f"downloading {url} (162 MB)", flush=True)
-    with urllib.request.urlopen(url, timeout=timeout) as r, open(path, "wb") as f:
-        shutil.copyfileobj(r, f)
 
 
 def download_cifar10(root, url=URL, md5=MD5):
@@ -97,8 +89,10 @@ def download_cifar10(root, url=URL, md5=MD5):
     with tempfile.TemporaryDirectory() as tmp:
         if not archive.exists():
             archive = Path(tmp) / archive.name
-            try:
-                fetch(url, archive)
+            print(f"downloading {url} (162 MB)", flush=True)
+            try:  # a server silent for 60 s is gone: urlopen raises TimeoutError
+                with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
+                    shutil.copyfileobj(r, f)
             except OSError as e:
                 raise ConnectionError(f"no CIFAR-10 in {root}, and {url} could not be downloaded "
                                       f"({getattr(e, 'reason', e)}): fetch it by hand and put it "
@@ -125,8 +119,7 @@ def fingerprint(*arrays):
 
 @functools.cache
 def _mean_std(device):
-    """MEAN and STD in pixel units as (1, 3, 1, 1) tensors, copied to each device once (a copy
-    from the host in every step would make the host wait for the GPU)."""
+    """MEAN and STD in pixel units, (1, 3, 1, 1), copied to each device once, not every step."""
     return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255,
             torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
 
@@ -157,10 +150,9 @@ def augment(images, generator):
 
 class Loader:
     """Endless shuffled, augmented, normalised batches, `next(loader)`, from a split held on
-    one device as one uint8 tensor (150 MB for the 50,000 training images). Each epoch is a
-    fresh permutation, cut into batches; the last incomplete one is dropped. The generator, the
-    permutation and the position in it are the whole state (`state_dict`), so a resumed run
-    sees exactly the batches it would have seen."""
+    one device as one uint8 tensor (150 MB for 50,000 images). Each epoch is a permutation cut
+    into batches (the last incomplete one dropped); the generator, the permutation and the
+    position in it are the whole state, so a resumed run sees the batches it would have seen."""
 
     def __init__(self, images, labels, batch, device, seed=0, augment=True):
         if not 1 <= batch <= len(labels):
@@ -201,8 +193,7 @@ class Loader:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", nargs="?", default="./data",
-                   help="CIFAR-10 folder; downloaded there if it holds none (default ./data)")
+    p.add_argument("root", nargs="?", default="./data", help="CIFAR-10 folder (default ./data)")
     _, train_y, _, test_y = load_or_download(p.parse_args(argv).root)
     for split, labels in (("train", train_y), ("test", test_y)):
         print(f"{split}: {len(labels)} images, per class "

@@ -5,22 +5,19 @@ To see what one activation responds to, keep it alone in its layer and map it ba
 pixel space, undoing each layer in turn:
 - a ReLU becomes a ReLU applied to the reconstructed signal (the signal is "rectified");
 - a convolution becomes the transposed convolution with the same weights ("filtering" with
-  the flipped filters), with its stride and padding, and for stride 2 the output padding
-  that restores the input size; no bias;
-- an eval-mode BatchNorm is y = gamma * (x - mean) / sqrt(var + eps) + beta: its linear part
-  passes the signal down scaled by gamma / sqrt(var + eps);
+  the flipped filters), its stride and padding, and the output padding that restores the size;
+- an eval-mode BatchNorm, y = gamma * (x - mean) / sqrt(var + eps) + beta, passes the signal
+  down scaled by gamma / sqrt(var + eps);
 - a residual block, out = relu2(main(x) + shortcut(x)), rectifies once at relu2, then sends
-  the signal in full down both branches and sums what comes out of them.
+  the signal down both branches and sums what comes out of them.
 
-Zeiler & Fergus' network had max-pooling, whose "switches" (where each maximum was) carry
-the image into the projection. This ResNet has no max-pooling, so there are no switches: for
-one channel, the projection depends on the image only through the chosen activations (which
-channel, where, and how strong); the path down is the same for every image. With
-`channel=None` (the study's Figure 5: "the reconstructed image from conv1 and conv5") the
-seed is the whole layer, every activation as it is, so the image enters through all of the
-layer's activations, and the reconstruction shows what the whole layer keeps of the image.
-`guided=True` also multiplies by each forward ReLU's mask (guided backpropagation,
-Springenberg et al. 2015, arXiv:1412.6806), which brings the image back in at every layer.
+Zeiler & Fergus' network had max-pooling, whose "switches" (where each maximum was) carry the
+image into the projection. This ResNet has none: for one channel, the projection depends on the
+image only through the chosen activations (which channel, where, how strong). With
+`channel=None` (the study's Figure 5: "the reconstructed image from conv1 and conv5") the seed
+is the whole layer, so the image enters through all of its activations. `guided=True` also
+multiplies by each forward ReLU's mask (guided backpropagation, Springenberg et al. 2015,
+arXiv:1412.6806), which brings the image back in at every layer.
 
     from deconvnet import project
     r = project(model, x, "conv5_x")                          # the whole layer, (B, 3, 32, 32)
@@ -50,12 +47,10 @@ def _relu_down(r, mask, guided):
 
 def _conv_bn_down(r, conv, bn, in_size):
     """Undo conv -> bn: scale by the BatchNorm, then transpose the convolution back to
-    `in_size`."""
+    `in_size`: (B, C_out, h, w) -> (B, C_in, in_size, in_size)."""
     r = r * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(1, -1, 1, 1)
     (k, _), (s, _), (p, _) = conv.kernel_size, conv.stride, conv.padding
-    # The output padding: 1 for stride 2 on even sizes.
-    extra = in_size - ((r.shape[-1] - 1) * s - 2 * p + k)
-    # (B, C_out, h, w) -> (B, C_in, H, W)
+    extra = in_size - ((r.shape[-1] - 1) * s - 2 * p + k)  # output padding: 1 for stride 2
     return F.conv_transpose2d(r, conv.weight, stride=s, padding=p, output_padding=extra)
 
 
@@ -74,17 +69,11 @@ def _block_down(r, block, masks, in_size, guided):
 
 @torch.no_grad()
 def project(model, x, layer, channel=None, keep="map", guided=False):
-    """Deconvnet projection of `layer` ("conv1" ... "conv5_x"), or of one `channel`, to pixels.
-
-    x: (B, 3, H, W) images, normalised as for the model. The seed is the layer's activations,
-    with every channel but `channel` zeroed when one is given; keep="max" also zeroes every
-    position but each kept channel's strongest one (keep="map" keeps whole maps).
-    Returns (B, 3, H, W).
-    The forward pass runs in eval mode (running BN statistics); each module's mode is restored.
-    """
-    if layer not in STAGES or keep not in ("max", "map"):
-        raise ValueError(f"layer must be one of {STAGES} and keep 'max' or 'map', "
-                         f"got {layer!r}, {keep!r}")
+    """Deconvnet projection of `layer` ("conv1" ... "conv5_x"), or of one `channel`, to pixels:
+    x (B, 3, H, W), normalised as for the model -> (B, 3, H, W). The seed is the layer's
+    activations, every channel but `channel` zeroed when one is given; keep="max" also zeroes
+    every position but each kept channel's strongest one (keep="map" keeps whole maps). The
+    forward pass runs in eval mode (running BN statistics); each module's mode is restored."""
     p = next(model.parameters())
     x = x.to(p.device, p.dtype)
 
@@ -103,8 +92,6 @@ def project(model, x, layer, channel=None, keep="map", guided=False):
         for m, training in modes.items():
             m.training = training
     act = feats[layer]  # (B, C, h, w)
-    if channel is not None and not 0 <= channel < act.shape[1]:
-        raise ValueError(f"{layer} has {act.shape[1]} channels, no channel {channel}")
 
     # The seed: the real activations of the layer, or of one channel (the others zeroed), and
     # for keep="max" only each kept channel's strongest position.
@@ -235,9 +222,6 @@ def sanity(model, images, labels):
             if k in ("deconvnet", "guided"):  # a pixel map: the size of the projection
                 a[k], b[k] = a[k][0].abs().sum(0), b[k][0].abs().sum(0)
             rho[k].append(spearman(a[k], b[k]))
-    out = {}
-    for k, values in rho.items():
-        v = torch.tensor(values, dtype=torch.float64)
-        ok = v[~v.isnan()]
-        out[k] = (ok.mean().item(), ok.std().item(), int(v.isnan().sum()))
-    return out
+    rho = {k: torch.tensor(v, dtype=torch.float64) for k, v in rho.items()}
+    return {k: (v[~v.isnan()].mean().item(), v[~v.isnan()].std().item(), int(v.isnan().sum()))
+            for k, v in rho.items()}

@@ -13,16 +13,14 @@ only: conv1 is a 3x3, stride-1 convolution with no max-pool, so that its 64 feat
     conv5_x   n5 blocks of [3x3, 512] x 2   (B, 256, 8, 8)  -> (B, 512, 4, 4)
     global average pool, 10-way linear     (B, 512, 4, 4)  -> (B, 10)
 
-(n2, n3, n4, n5) is (2, 2, 2, 2) for ResNet-18 and (3, 4, 6, 3) for ResNet-34. The first block
-of conv3_x, conv4_x and conv5_x halves the size with a stride-2 first convolution.
-`width` scales every stage (64 above), for CPU-sized runs and tests. `plain=True` removes
-every shortcut and nothing else: He et al.'s plain network, in which a deeper net trains
-worse than a shallower one (the degradation problem, §4.1, Figure 4 left).
+(n2, n3, n4, n5) is (2, 2, 2, 2) for ResNet-18 and (3, 4, 6, 3) for ResNet-34; the first block
+of conv3_x, conv4_x and conv5_x halves the size with a stride-2 first convolution. `width`
+scales every stage (64 above). `plain=True` removes every shortcut and nothing else: He et
+al.'s plain network, in which a deeper net trains worse (the degradation problem, §4.1).
 
 Initialisation: every convolution is Kaiming-normal (He et al. 2015, arXiv:1502.01852,
-eq. 10: std = sqrt(2 / fan_in)); every BatchNorm has weight 1 and bias 0; the linear
-layer keeps PyTorch's default (uniform in +-1/sqrt(fan_in)). All of it draws from
-torch's global generator, so `torch.manual_seed` makes a model reproducible.
+eq. 10: std = sqrt(2 / fan_in)); every BatchNorm has weight 1 and bias 0; the linear layer
+keeps PyTorch's default. All of it draws from torch's global generator (`torch.manual_seed`).
 
     python resnet18.py    # prints the parameter counts and every stage's output shape
 """
@@ -120,7 +118,6 @@ if __name__ == "__main__":
     for depth in BLOCKS:
         for plain in (False, True):
             model = ResNet(depth, plain=plain)
-            print(f"{model.name}: "
-                  f"{sum(p.numel() for p in model.parameters()):,} parameters")
+            print(f"{model.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
     for stage_name, f in ResNet18().features(torch.zeros(1, 3, 32, 32)).items():
         print(f"{stage_name:8s} {tuple(f.shape)}")

@@ -7,10 +7,9 @@ Perspective of Experimental Results and Analysis", §2), and print its Table 1.
 
 The study: SGD with momentum 0.9 and weight decay 0.0002, batch 32, learning rate 0.1 divided
 by 10 at iteration 32,000, 50,000 iterations (He et al. 2016 §4.2 divide again at 48,000:
-`--lr-drops 32000 48000`). The file reads in that order: the settings (the flags), the
-schedule `lr_at`, the SGD update written by hand, one step, evaluation, the loop, Table 1;
-then the checkpoint: an atomic save, a safe load, and what a resume may change. Ctrl-C stops
-the loop between two steps, saves, and prints the command that continues the run exactly.
+`--lr-drops 32000 48000`). In that order: the flags, `lr_at`, the SGD update by hand, a step,
+evaluation, the loop, Table 1; then the checkpoint: an atomic save, a safe load, a resume.
+Ctrl-C stops the loop between two steps, saves, and prints the command that continues it.
 """
 import argparse
 import hashlib
@@ -47,8 +46,7 @@ def get_args(argv=None):
     s.add_argument("--iters", type=at_least(1), default=ITERS, help="iterations (default 50000)")
     s.add_argument("--batch", type=at_least(1), default=32, help="images per step (default 32)")
     s.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
-    s.add_argument("--momentum", type=float, default=0.9,
-                   help="SGD momentum, from 0 to below 1 (default 0.9)")
+    s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     s.add_argument("--wd", type=float, default=0.0002,
                    help="weight decay, on every parameter (default 0.0002)")
     s.add_argument("--lr-drops", type=at_least(1), nargs="*", metavar="IT",
@@ -63,8 +61,8 @@ def get_args(argv=None):
                    "stage scaled with it (default 64, the paper's; at least 8: narrower ones "
                    "crash PyTorch's CPU backward of a strided 1x1 convolution on AVX2 CPUs)")
     r = p.add_argument_group("the run")
-    r.add_argument("--data", default="./data",
-                   help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
+    r.add_argument("--data", default="./data", help="CIFAR-10 folder, downloaded there if it "
+                   "holds none (default ./data)")
     r.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     r.add_argument("--seed", type=at_least(0), default=0, help="seed of weights and batches "
                    "(default 0)")
@@ -104,10 +102,8 @@ def device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = name.partition(":")
-    gpus = torch.cuda.device_count()
-    if name != "cpu" and (kind != "cuda" or int(index or 0) >= gpus):
-        raise argparse.ArgumentTypeError(f"{name}: not a device here (auto, cpu, or cuda:N "
-                                         f"for one of this machine's {gpus} GPUs)")
+    if name != "cpu" and (kind != "cuda" or int(index or 0) >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{name}: not a device of this machine")
     return torch.device(name)
 
 
@@ -213,8 +209,9 @@ def loop(args, path, model, bufs, loader, test, data, ckpt):
     saved_at = ckpt["iteration"] if ckpt else None  # the iteration the file holds
     before = ckpt.get("provenance", {}).get("seconds", 0.0) if ckpt else 0.0
     print(f"{model.name}: {sum(p.numel() for p in params):,} parameters on {args.device}; "
-          f"data: {data['data_fingerprint']}; iterations {start:,} -> {args.iters:,}; "
-          f"{in_words(args.lr, drops)}", flush=True)
+          f"data: {data['data_fingerprint']}; iterations {start:,} -> {args.iters:,}; learning "
+          f"rate {args.lr:g}, divided by 10 at: {', '.join(f'{d:,}' for d in drops) or 'none'}",
+          flush=True)
     it, loss_sum, n_sum, t0 = start, torch.zeros((), device=args.device), 0, time.time()
     t_log, stopped = t0, []
 
@@ -257,8 +254,7 @@ def loop(args, path, model, bufs, loader, test, data, ckpt):
 
 
 def evaluation(model, loader, test, it, lr, args):
-    """A row of the history: train (all images at a Table 1 column, else the first
-    TRAIN_SUBSET) and test loss and accuracy, printed."""
+    """A row of the history, printed: train (all at a Table 1 column) and test loss, accuracy."""
     full = it % TABLE_EVERY == 0 or it == args.iters
     n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
     train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n], args.amp)
@@ -267,13 +263,6 @@ def evaluation(model, loader, test, it, lr, args):
           f"test loss {test_loss:.4f} acc {test_acc:.2f}%", flush=True)
     return {"iteration": it, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "test_loss": test_loss, "test_acc": test_acc, "train_images": n}
-
-
-def in_words(lr, drops):
-    """The learning rate of a run in words, for its first line."""
-    if drops:
-        return f"learning rate {lr:g}, divided by 10 at " + ", ".join(f"{d:,}" for d in drops)
-    return f"learning rate {lr:g} throughout (the study divides it by 10 at {DROP:,})"
 
 
 def table(history):
@@ -302,8 +291,7 @@ def table(history):
 
 def save(path, state, saved_at):
     """Write `state` to a temporary file beside `path`, flush it to disk, rename it over `path`:
-    a failed save leaves the previous file whole. A state that is not finite is never written.
-    Returns the iteration saved."""
+    a failed save leaves the previous file whole. Never a state that is not finite."""
     if not all(t.isfinite().all() for t in [*state["model"].values(), *state["momentum"]]):
         kept = "no checkpoint was written" if saved_at is None else \
             f"{path} still holds iteration {saved_at:,}"
@@ -371,9 +359,8 @@ def command(path):
 
 
 def exact(device):
-    """On CUDA: the same convolution algorithms every run (cuDNN's deterministic ones, no
-    autotuning), so that a resumed run is bit-exact, and float32 as float32 (no TF32: --amp is
-    the fast path). The CPU is deterministic already."""
+    """On CUDA: cuDNN's deterministic convolutions, no autotuning, so that a resumed run is
+    bit-exact, and float32 as float32 (no TF32; --amp is the fast path). The CPU is already."""
     if device.type == "cuda":
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False

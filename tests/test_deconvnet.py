@@ -103,14 +103,9 @@ def test_project_leaves_the_model_untouched(model):
     model.train()
 
 
-def test_project_follows_the_model_dtype_and_rejects_bad_arguments(model):
-    small = ResNet18(width=2)
-    r = project(small, torch.randn(1, 3, 32, 32, dtype=torch.double), "conv5_x", 3)
+def test_project_follows_the_model_dtype():
+    r = project(ResNet18(width=2), torch.randn(1, 3, 32, 32, dtype=torch.double), "conv5_x", 3)
     assert r.dtype == torch.float32 and r.shape == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match="channels"):
-        project(small, torch.randn(1, 3, 32, 32), "conv1", 2)
-    with pytest.raises(ValueError, match="layer"):
-        project(small, torch.randn(1, 3, 32, 32), "fc", 0)
 
 
 # --- Does the network look at the object? --------------------------------------------------

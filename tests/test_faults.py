@@ -175,8 +175,8 @@ def test_a_run_that_would_change_or_overwrite_a_checkpoint_is_refused(good_run, 
     (("--wd", -1), "--wd -1.0 at least 0"),
     (("--width", 4), "--width: must be an integer of at least 8, got 4"),
     (("--depth", 50), "--depth: invalid choice: 50"),
-    (("--device", "tpu"), "--device: tpu: not a device here"),
-    (("--device", "cuda:7"), "--device: cuda:7: not a device here")])
+    (("--device", "tpu"), "--device: tpu: not a device of this machine"),
+    (("--device", "cuda:7"), "--device: cuda:7: not a device of this machine")])
 def test_a_nonsense_flag_is_named_with_its_value_by_the_parser(capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
         train.get_args(list(map(str, flags)))
@@ -247,10 +247,9 @@ def test_a_bad_archive_or_no_network_is_named_and_leaves_nothing(tmp_path, monke
 
 
 def test_ctrl_c_in_a_download_leaves_nothing(tmp_path, monkeypatch):
-    def interrupted(url, path):
-        path.write_bytes(b"8 MB of a download")
+    def interrupted(url, timeout):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cifar, "fetch", interrupted)
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cifar.load_or_download(tmp_path / "new")
     assert not (tmp_path / "new").exists()

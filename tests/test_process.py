@@ -139,7 +139,7 @@ def test_the_quick_recipe_interrupted_continues_with_the_printed_command(tiny_da
     command = shlex.split(err.split("continue with: ")[1])
     r = run_process("train.py", *command[2:], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "-> 200; learning rate 0.1, divided by 10 at 128" in r.stdout
+    assert "-> 200; learning rate 0.1, divided by 10 at: 128" in r.stdout
     a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("straight.pt", "quick.pt"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 

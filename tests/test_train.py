@@ -266,7 +266,7 @@ def test_resume_with_no_flag_but_the_checkpoint_ends_bit_identical(tiny_data, tm
     monkeypatch.undo()
     r = run_cli("train.py", *command.split()[2:], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "iterations 16 -> 30; learning rate 0.1, divided by 10 at 12" in r.stdout
+    assert "iterations 16 -> 30; learning rate 0.1, divided by 10 at: 12" in r.stdout
     assert same_weights(tmp_path / "straight.pt", tmp_path / "split.pt")
     hist = torch.load(tmp_path / "split.pt", weights_only=True)["history"]
     assert [h["iteration"] for h in hist] == [7, 14, 21, 28, 30]
@@ -279,8 +279,8 @@ def test_resume_takes_a_change_of_what_is_still_ahead_and_says_so(tiny_data, tmp
     r = run_cli("train.py", *args, "--iters", 30, "--ckpt", "straight.pt", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = run_cli("train.py", *args, "--iters", 20, "--ckpt", "part.pt", cwd=tmp_path)
-    assert r.returncode == 0 and "throughout (the study divides it by 10 at 25)" in r.stdout
+    assert r.returncode == 0 and "learning rate 0.1, divided by 10 at: none" in r.stdout
     r = run_cli("train.py", "--resume", "--ckpt", "part.pt", "--iters", 30, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "iterations 20 -> 30; learning rate 0.1, divided by 10 at 25" in r.stdout
+    assert "iterations 20 -> 30; learning rate 0.1, divided by 10 at: 25" in r.stdout
     assert same_weights(tmp_path / "straight.pt", tmp_path / "part.pt")
