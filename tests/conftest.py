@@ -1,9 +1,6 @@
-"""Shared helpers: synthetic CIFAR-10 files in the official binary layout, and the scripts run
-as a user runs them: in this process (fast), or as a new process where the test needs one.
-
-`pytest tests` runs the fast tests; `pytest tests --slow` also runs the ones marked slow (those
-that start processes: signals, SIGKILL, a file-size limit, each script's own `__main__`).
-"""
+"""Shared helpers: synthetic CIFAR-10 files in the official binary layout, the scripts run as a
+user runs them (in this process, or as a new one), and CUDA's one-device rule on the CPU.
+`pytest tests --slow` also runs the tests marked slow: those that start processes."""
 import contextlib
 import importlib
 import io
@@ -48,8 +45,7 @@ def write_batch(path, images, labels):
 
 
 def make_cifar(folder, per_batch=16, n_test=32, seed=0):
-    """A tiny CIFAR-10 in `folder`: 5 training batch files and a test file of random images whose
-    mean colour depends on the label (so a network can learn something), labels 0-9."""
+    """A tiny CIFAR-10 in `folder`: random images whose mean colour depends on the label."""
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,8 +58,7 @@ def make_cifar(folder, per_batch=16, n_test=32, seed=0):
 
 
 # The flags of every tiny CPU run of train.py in the tests: width 8, the narrowest train.py
-# accepts (narrower networks crash PyTorch's CPU 1x1 stride-2 convolution in channels_last on
-# AVX2 machines), 8 images a batch, no download.
+# accepts, 8 images a batch, no download.
 TINY = ("--width", 8, "--batch", 8, "--no-download", "--device", "cpu")
 
 
@@ -102,8 +97,7 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
 def run_process(script, *args, cwd, timeout=120, **kwargs):
-    """Run one of the project's scripts as a new process, as a user would; `kwargs` go to
-    subprocess.run (output captured as text unless they say otherwise)."""
+    """Run one of the project's scripts as a new process, as a user would."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=ENV,
                           timeout=timeout, **{"capture_output": True, "text": True, **kwargs})
 
@@ -113,16 +107,6 @@ def start_process(script, *args, cwd, **kwargs):
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **kwargs)
-
-
-def run_with_fault(fault, script, *args, cwd, popen=False):
-    """Run `script` as a new process, with one named fault of tests/inject.py injected."""
-    cmd = [sys.executable, str(REPO / "tests" / "inject.py"), fault, str(REPO / script),
-           *map(str, args)]
-    if popen:
-        return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
 
 
 def wait_for(proc, prefix):
@@ -137,14 +121,12 @@ def real_data_dir():
     """CIFAR10_DIR as an absolute path (tests run scripts from other folders), or a skip."""
     folder = os.environ.get("CIFAR10_DIR")
     if not folder or not Path(folder).is_dir():
-        pytest.skip("set CIFAR10_DIR to a cifar-10-batches-bin folder to run the tests on real "
-                    "images (.ci/run sets it to ../shared/cifar10/cifar-10-batches-bin)")
+        pytest.skip("set CIFAR10_DIR to a cifar-10-batches-bin folder to run this on real images")
     return Path(folder).resolve()
 
 
 def trained_looking(model, dtype=torch.float32):
-    """`model` in `dtype` with BatchNorm statistics and affine parameters as training leaves
-    them (not 0 and 1), so that every layer's arithmetic shows; in eval mode."""
+    """`model` in `dtype`, eval mode, BatchNorm statistics and affine parameters not 0 and 1."""
     model = model.to(dtype)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -190,8 +172,7 @@ class HostAndDevice(TorchFunctionMode):
 
 @contextlib.contextmanager
 def one_device():
-    """Run under HostAndDevice; what torch.load gives is on the host (map_location="cpu"), and
-    the data's constants are made afresh (their cache is per device)."""
+    """HostAndDevice, with what torch.load gives on the host, and the data's constants afresh."""
     real = torch.load
     torch.load = lambda *args, **kwargs: tree_map_only(
         torch.Tensor, lambda t: setattr(t, "_host", True) or t, real(*args, **kwargs))

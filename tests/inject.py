@@ -1,11 +1,6 @@
-"""Named faults, injected into a script run as a new process, for the process-level tests:
-
-    python tests/inject.py FAULT SCRIPT [ARGS...]
-
-Each fault is a function below that patches what the script will call, through `setattr`
-(the fast tests pass pytest's monkeypatch.setattr instead, in their own process); then the
-script runs as __main__, exactly as `python SCRIPT ARGS...` would run it.
-"""
+"""Named faults: each patches what a script will call, through `setattr` (the fast tests pass
+monkeypatch.setattr), or in a new process: `python tests/inject.py FAULT SCRIPT [ARGS...]`
+patches, then runs SCRIPT as `python SCRIPT ARGS...` would."""
 import errno
 import pathlib
 import runpy

@@ -25,17 +25,12 @@ def test_read_batch_layout(tmp_path):
     assert got_images[1, 2, 5, 7] == 200 + 7 + 1 + 1  # blue plane, row 5, column 7, record 1
 
 
-def test_load_cifar10_from_either_folder_and_lists_missing_files(tmp_path):
+def test_load_cifar10_from_either_folder(tmp_path):
     folder = make_cifar(tmp_path / cifar.FOLDER, per_batch=4, n_test=6)
     for root in (tmp_path, folder):
         x, y = cifar.load_cifar10(root, train=True)
         assert x.shape == (20, 3, 32, 32) and y.shape == (20,)
         assert cifar.load_cifar10(root, train=False)[0].shape == (6, 3, 32, 32)
-    (folder / "data_batch_2.bin").unlink()
-    (folder / "data_batch_4.bin").unlink()
-    with pytest.raises(FileNotFoundError, match="data_batch_2.bin, data_batch_4.bin") as e:
-        cifar.load_cifar10(tmp_path)
-    assert cifar.URL in str(e.value)
 
 
 def test_download_right_md5_extracts_and_loads(tmp_path):
@@ -48,10 +43,11 @@ def test_download_right_md5_extracts_and_loads(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [cifar.FOLDER]  # no leftovers
 
 
-def test_augment_is_a_crop_of_the_padded_image_or_its_mirror():
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
-    out = cifar.augment(images, g)
+def test_augment_is_a_seeded_crop_of_the_padded_image_or_its_mirror():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = cifar.augment(images, torch.Generator().manual_seed(0))
+    assert torch.equal(out, cifar.augment(images, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, cifar.augment(images, torch.Generator().manual_seed(1)))
     assert out.shape == images.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
     flipped = 0
@@ -61,19 +57,7 @@ def test_augment_is_a_crop_of_the_padded_image_or_its_mirror():
         matches = [f for f, c in crops if torch.equal(img, c.flip(-1) if f else c)]
         assert matches, "not a crop of the padded image or of its mirror"
         flipped += matches[0]
-    assert 16 <= flipped <= 48
-
-
-def test_augment_flips_about_half_and_is_seeded():
-    # Each row is 0..31: a flip reverses it.
-    images = torch.arange(32, dtype=torch.uint8).repeat(4000, 3, 32, 1)
-    out = cifar.augment(images, torch.Generator().manual_seed(1))
-    centre = out[:, 0, 16, 8:24].long()  # the middle 16 columns are inside the image for every crop
-    flipped = (centre[:, 1] < centre[:, 0]).float().mean().item()
-    assert abs(flipped - 0.5) < 0.03
-    again = cifar.augment(images, torch.Generator().manual_seed(1))
-    assert torch.equal(out, again)
-    assert not torch.equal(out, cifar.augment(images, torch.Generator().manual_seed(2)))
+    assert 16 <= flipped <= 48  # about half of 64
 
 
 def test_normalize_uses_the_training_statistics():

@@ -1,14 +1,9 @@
 """Every tensor of a computation lives on one device, the model's: checked on a CPU-only machine.
 
-On a GPU a host tensor meeting a device tensor is an error; on the CPU both are the same tensor
-and nothing fails. `HostAndDevice` gives CPU tensors CUDA's rule: a tensor is "on the host"
-when it is made without `device=` (from numpy, a list, a factory) or by `.cpu()`, and stays so
-through operations on host tensors only; `.to(device)` and `device=` put it "on the device",
-and so does any operation with a device tensor in it (parameters, gradients, what torch.load
-gives are on the device too, as nothing marks them). As on CUDA, an operation that mixes a
-device tensor with a host tensor of one or more dimensions fails, so does indexing a host
-tensor with a device index and `.numpy()` of a device tensor; copy_ and a host index into a
-device tensor are allowed.
+conftest.HostAndDevice gives CPU tensors CUDA's rule: a tensor made without `device=` or by
+`.cpu()` is on the host; `.to(device)`, `device=`, or an operation with a device tensor puts it
+on the device. As on CUDA, mixing a device tensor with a host tensor of 1+ dimensions fails, so
+do indexing a host tensor with a device index and `.numpy()` of a device tensor.
 """
 import pytest
 import torch

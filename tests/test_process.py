@@ -1,20 +1,17 @@
 """What only a process of its own can show: signals, SIGKILL, a file-size limit, and each
 script's `__main__` wiring. Every test here is marked slow: `pytest tests --slow` runs them.
 """
-import random
 import resource
 import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import train
-from conftest import (ENV, REPO, TINY, make_cifar, run_process, run_with_fault, start_process,
-                      wait_for)
+from conftest import ENV, REPO, TINY, make_cifar, run_process, start_process, wait_for
 from test_faults import assert_one_line_error
 
 pytestmark = pytest.mark.slow
@@ -33,9 +30,8 @@ def reference(tmp_path_factory):
 
 
 def finish(folder):
-    """Resume (or start, if no checkpoint was left) until the run completes."""
-    again = ["--resume"] if (folder / "run.pt").exists() else ["--data", folder / "data", *RUN]
-    r = run_process("train.py", *again, cwd=folder)
+    """Resume until the run completes."""
+    r = run_process("train.py", "--resume", cwd=folder)
     assert r.returncode == 0, r.stderr
 
 
@@ -57,32 +53,10 @@ def test_each_scripts_errors_are_one_line(tmp_path, script, args, message):
     assert_one_line_error(run_process(script, *args, cwd=tmp_path), message)
 
 
-def test_cifar_help_creates_nothing(tmp_path):
-    r = run_process("cifar.py", "--help", cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.startswith("usage: cifar.py")
-    assert list(tmp_path.iterdir()) == []
-
-
-# --- Stops -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("trial", range(2))
-def test_sigkill_at_a_random_moment_loses_nothing(reference, tmp_path, trial):
-    make_cifar(tmp_path / "data")
-    proc = start_process("train.py", "--data", tmp_path / "data", *RUN, cwd=tmp_path)
-    wait_for(proc, "ResNet-18")  # training is about to start
-    time.sleep(random.Random(trial).uniform(0.0, 1.5))
-    proc.kill()
-    proc.communicate()
-    if (tmp_path / "run.pt").exists():  # whatever was left behind is a valid checkpoint
-        assert train.load(tmp_path / "run.pt")[0]["iteration"] % 20 == 0
-    finish(tmp_path)
-    assert_same_weights(tmp_path / "run.pt", reference / "run.pt")
-
-
 def test_sigkill_during_a_checkpoint_save(reference, tmp_path):
     make_cifar(tmp_path / "data")
-    proc = run_with_fault("hang_in_third_save", "train.py", "--data", tmp_path / "data", *RUN,
-                          cwd=tmp_path, popen=True)
+    proc = start_process("tests/inject.py", "hang_in_third_save", REPO / "train.py", "--data",
+                         tmp_path / "data", *RUN, cwd=tmp_path)  # as `python train.py ...`
     wait_for(proc, "SAVING")
     proc.kill()
     proc.communicate()
@@ -124,24 +98,6 @@ def test_a_file_size_limit_is_one_line_and_keeps_the_old_checkpoint(tiny_data, t
     assert_one_line_error(r, "could not write run.pt", "the previous file, if any, is whole")
     assert (tmp_path / "run.pt").read_bytes() == before
     assert not (tmp_path / "run.pt.tmp").exists(), "the partial temporary file is left"
-
-
-def test_the_quick_recipe_interrupted_continues_with_the_printed_command(tiny_data, tmp_path):
-    """The README's sequence: a run, Ctrl-C, the printed command; the same experiment."""
-    quick = ("--data", tiny_data, "--iters", 200, "--width", 8, "--batch", 8, "--lr-drops", 128,
-             "--eval-every", 20, "--no-download", "--device", "cpu")
-    r = run_process("train.py", *quick, "--ckpt", "straight.pt", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    proc = start_process("train.py", *quick, "--ckpt", "quick.pt", cwd=tmp_path)
-    wait_for(proc, "it ")
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=60)[1]
-    command = shlex.split(err.split("continue with: ")[1])
-    r = run_process("train.py", *command[2:], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "-> 200; learning rate 0.1, divided by 10 at: 128" in r.stdout
-    a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("straight.pt", "quick.pt"))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -32,7 +32,7 @@ def test_parameter_counts_of_the_four_networks(depth, plain, count):
     assert sum(p.numel() for p in ResNet(depth, plain=plain).parameters()) == count
 
 
-def test_structure_follows_the_paper():
+def test_structure_of_resnet18_and_plain34_follows_the_paper():
     model = ResNet18(width=8)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.bias is None for c in convs)
@@ -42,10 +42,7 @@ def test_structure_follows_the_paper():
     # 16 convolutions in the blocks + conv1 + fc = 18 weighted layers; 3 projection shortcuts.
     assert len([c for c in convs if c.kernel_size == (3, 3)]) == 17
     assert len([c for c in convs if c.kernel_size == (1, 1)]) == 3
-
-
-def test_resnet34_has_he_et_al_blocks_and_plain_has_no_shortcut():
-    model = ResNet(34, width=8, plain=True)
+    model = ResNet(34, width=8, plain=True)  # He et al.'s blocks, and no shortcut
     assert [len(getattr(model, s)) for s in STAGES[1:]] == [3, 4, 6, 3]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 1 + 2 * 16 and all(c.kernel_size == (3, 3) for c in convs)  # 34 = 33 + fc

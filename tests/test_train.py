@@ -2,7 +2,6 @@
 import copy
 import os
 import signal
-import stat
 import time
 
 import pytest
@@ -51,7 +50,7 @@ def history(*its):
     return [{"iteration": i, "train_acc": 90.0, "test_acc": 79.6} for i in its]
 
 
-def test_table_has_a_column_every_10000_iterations_and_the_last():
+def test_table_has_a_column_every_10000_iterations_and_the_last_or_every_evaluation():
     lines = train.table(history(5000, 10000, 15000, 20000, 25000)).splitlines()
     assert lines == ["| Iterations | 10,000 | 20,000 | 25,000 |",
                      "|---|---:|---:|---:|",
@@ -60,12 +59,8 @@ def test_table_has_a_column_every_10000_iterations_and_the_last():
                      "| Test error (%) | 20.40 | 20.40 | 20.40 |",
                      "| Test accuracy (%) | 79.60 | 79.60 | 79.60 |",
                      "| Study test accuracy (%) | 79.60 | 83.40 | - |"]
-
-
-def test_table_of_a_short_run_has_every_evaluation():
-    lines = train.table(history(100, 200, 300)).splitlines()
-    assert lines[0] == "| Iterations | 100 | 200 | 300 |" and len(lines) == 6  # no study row
-    assert lines[-1] == "| Test accuracy (%) | 79.60 | 79.60 | 79.60 |"
+    short = train.table(history(100, 200, 300)).splitlines()  # too short for two columns
+    assert short[0] == "| Iterations | 100 | 200 | 300 |" and len(short) == 6  # no study row
 
 
 def test_the_schedule_is_the_studys_drop_where_the_run_reaches_it_or_the_flags():
@@ -76,18 +71,9 @@ def test_the_schedule_is_the_studys_drop_where_the_run_reaches_it_or_the_flags()
     assert drops("--iters", "32001") == [32000]
     assert drops("--iters", "50000", "--lr-drops", "48000", "32000") == [32000, 48000]
     assert drops("--lr-drops") == []
-
-
-def test_get_args_tells_the_flags_given_from_the_defaults():
-    args, given = train.get_args(["--width", "64", "--resume", "--lr-drops"])
+    args, given = train.get_args(["--width", "64", "--resume", "--lr-drops"])  # flags given
     assert given == {"width", "lr_drops"}
     assert args.width == 64 and args.iters == 50000 and args.lr == 0.1 and args.lr_drops == []
-
-
-@pytest.mark.parametrize("seconds,text", [(0, "0 h 00 min 00 s"), (169.4, "0 h 02 min 49 s"),
-                                          (3600, "1 h 00 min 00 s"), (22618.2, "6 h 16 min 58 s")])
-def test_hms_reads_as_hours_minutes_seconds(seconds, text):
-    assert train.hms(seconds) == text
 
 
 def test_cli_writes_the_checkpoint_and_table_1(tiny_data, tmp_path):
@@ -105,53 +91,9 @@ def test_cli_writes_the_checkpoint_and_table_1(tiny_data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run.pt"]  # no .tmp left
 
 
-def test_files_written_get_the_mode_the_umask_gives(tiny_data, tmp_path):
-    old = os.umask(0o022)
-    try:
-        r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, cwd=tmp_path)
-    finally:
-        os.umask(old)
-    assert r.returncode == 0, r.stderr
-    assert stat.S_IMODE((tmp_path / "run.pt").stat().st_mode) == 0o644
-
-
-def weights(path):
-    return torch.load(path, weights_only=True)["model"]
-
-
 def same_weights(a, b):
-    wa, wb = weights(a), weights(b)
+    wa, wb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_resume_of_a_plain_34_is_bit_exact(tiny_data, tmp_path):  # ResNet-18's: further down
-    args = ("--data", tiny_data, "--lr-drops", 8, "--eval-every", 6, *TINY, "--depth", 34,
-            "--plain")
-    r = run_cli("train.py", *args, "--iters", 16, "--ckpt", "straight.pt", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("train.py", *args, "--iters", 9, "--ckpt", "split.pt", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("train.py", *args, "--iters", 16, "--ckpt", "split.pt", "--resume", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert same_weights(tmp_path / "straight.pt", tmp_path / "split.pt")
-    hist = torch.load(tmp_path / "split.pt", weights_only=True)["history"]
-    assert [h["iteration"] for h in hist] == [6, 9, 12, 16]
-
-
-def test_resume_may_change_only_the_schedule_still_ahead(tiny_data, tmp_path):
-    args = ("--data", tiny_data, "--eval-every", 10, *TINY)
-    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "straight.pt",
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("train.py", *args, "--iters", 15, "--lr-drops", "--ckpt", "ext.pt", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 10, "--ckpt", "ext.pt",
-                "--resume", cwd=tmp_path)
-    assert r.returncode != 0 and "--lr-drops may change only what is ahead" in r.stderr
-    r = run_cli("train.py", *args, "--iters", 30, "--lr-drops", 20, "--ckpt", "ext.pt",
-                "--resume", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert same_weights(tmp_path / "straight.pt", tmp_path / "ext.pt")
 
 
 @pytest.mark.slow
@@ -202,28 +144,14 @@ def textbook_steps(data, dtype=torch.float32, device="cpu"):
     return torch.stack(losses)
 
 
-def test_the_step_equals_the_textbook_loop_in_float64():
+@pytest.mark.parametrize("dtype,amp,rtol,atol", [
+    (torch.float64, False, 1e-10, 0),  # the same arithmetic
+    (torch.float32, False, 1e-2, 0),  # layouts sum in other orders: float32 rounding, 4 steps
+    (torch.float32, True, 0.05, 0.05)], ids=["float64", "float32", "bfloat16"])
+def test_the_step_equals_the_textbook_loop(dtype, amp, rtol, atol):
     data = batches()
-    torch.testing.assert_close(project_steps(data, torch.float64),
-                               textbook_steps(data, torch.float64), rtol=1e-10, atol=0)
-
-
-def test_the_step_stays_close_to_the_textbook_loop_in_float32():
-    # Layouts sum in different orders: float32 rounding, grown by 4 SGD steps, stays below 1e-2.
-    data = batches()
-    torch.testing.assert_close(project_steps(data), textbook_steps(data), rtol=1e-2, atol=0)
-
-
-def test_bf16_autocast_stays_close():
-    data = batches()
-    torch.testing.assert_close(project_steps(data, amp=True), textbook_steps(data), rtol=0.05,
-                               atol=0.05)
-
-
-def test_cli_accepts_the_fast_path_flags(tiny_data, tmp_path):
-    r = run_cli("train.py", "--data", tiny_data, "--iters", 10, "--amp", *TINY, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert torch.load(tmp_path / "run.pt", weights_only=True)["args"]["amp"] is True
+    torch.testing.assert_close(project_steps(data, dtype, amp), textbook_steps(data, dtype),
+                               rtol=rtol, atol=atol)
 
 
 @pytest.mark.slow  # compiling takes a minute on a fresh machine
@@ -253,14 +181,16 @@ QUICK = ("--iters", 30, "--lr-drops", 12, "--eval-every", 7, "--width", 8, "--ba
          "--seed", 3)  # none of them the default
 
 
-def test_resume_with_no_flag_but_the_checkpoint_ends_bit_identical(tiny_data, tmp_path,
-                                                                    monkeypatch):
-    r = run_cli("train.py", "--data", tiny_data, *QUICK, "--ckpt", "straight.pt", cwd=tmp_path)
+@pytest.mark.parametrize("net", [(), ("--depth", 34, "--plain")], ids=["ResNet-18", "plain-34"])
+def test_ctrl_c_and_the_printed_command_end_bit_identical(tiny_data, tmp_path, monkeypatch, net):
+    r = run_cli("train.py", "--data", tiny_data, *QUICK, *net, "--ckpt", "straight.pt",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     stop_at_step(monkeypatch, 16)
-    r = run_cli("train.py", "--data", tiny_data, *QUICK, "--ckpt", "split.pt", cwd=tmp_path)
-    assert r.returncode == 128 + signal.SIGINT
+    r = run_cli("train.py", "--data", tiny_data, *QUICK, *net, "--ckpt", "split.pt",
+                cwd=tmp_path)
     command = f"python {train.__file__} --resume --ckpt split.pt"
+    assert r.returncode == 128 + signal.SIGINT
     assert r.stderr == f"SIGINT: stopped at iteration 16; split.pt saved; continue with: " \
                        f"{command}\n"
     monkeypatch.undo()
