@@ -101,7 +101,7 @@ def test_real_data_short_run_beats_chance(tmp_path):
     folder = real_data_dir()
     r = run_cli("train.py", "--data", folder, "--iters", 300, "--batch", 32, "--width", 8,
                 "--lr-drops", 250, "--eval-every", 0, "--no-download", "--device", "cpu",
-                cwd=tmp_path, timeout=600)
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     acc = torch.load(tmp_path / "run.pt", weights_only=True)["history"][-1]["test_acc"]
     assert acc > 25, f"test accuracy {acc:.1f} % after 300 iterations (chance: 10 %)"
