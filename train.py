@@ -232,10 +232,11 @@ def loop(args, path, model, bufs, loader, test, data, ckpt):
             n_sum, it = n_sum + 1, it + 1  # `it`: iterations done
             if it % LOG_EVERY == 0 or it == start + 10:
                 now = time.time()
-                left = (now - t0) / (it - start) * (args.iters - it)  # at the pace so far
+                left = (now - t0) / (it - start) * (args.iters - it)  # s, at the pace so far
+                h, m = divmod(round(left / 60), 60)
                 print(f"it {it:6d}/{args.iters} | loss {loss_sum.item() / n_sum:.4f} | lr "
                       f"{lr:.4g} | {n_sum * args.batch / (now - t_log):5.0f} img/s | left "
-                      f"{hms(left)}", flush=True)
+                      f"{h} h {m:02d} min", flush=True)
                 loss_sum, n_sum, t_log = torch.zeros((), device=args.device), 0, time.time()
             if (args.eval_every and it % args.eval_every == 0) or it == args.iters:
                 history.append(evaluation(model, loader, test, it, lr, args))
@@ -316,6 +317,9 @@ def load(path):
     """(checkpoint, its network on the CPU in eval mode). torch.load(weights_only=True) runs no
     code from the file; load_state_dict(strict=True) checks every weight's name and shape
     against the network the file's settings name (built on the meta device: no memory)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint: train one with `python train.py "
+                                f"--ckpt {path}`, or name another with --ckpt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         run = ckpt["args"]
@@ -380,10 +384,6 @@ def provenance(device, seconds):
             "source": code.hexdigest()[:12]}
 
 
-def hms(seconds):
-    """A duration as a person reads it: '6 h 17 min 03 s'."""
-    minutes, s = divmod(round(seconds), 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min {s:02d} s"
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ BAD_CKPT = {  # what is wrong: (how to make it so from a good checkpoint, the wo
     "a CSV": (lambda g, p, m: p.write_text("iteration,lr\n5,0.1\n"), "not a checkpoint"),
     "empty": (lambda g, p, m: p.write_bytes(b""), "not a checkpoint of train.py"),
     "a folder": (lambda g, p, m: p.mkdir(), "Is a directory"),
+    "none": (lambda g, p, m: None, "no such checkpoint: train one with `python train.py --ckpt"),
     "code": (edited(lambda c, m: c["args"].update(evil=Payload(m))),
              "not a checkpoint of train.py (torch.load with weights_only refused it"),
     "a list": (lambda g, p, m: torch.save([1], p), "not a checkpoint of train.py"),
@@ -269,7 +270,7 @@ def test_visualize_warns_of_other_test_images_and_refuses_figures_without_any(go
     (("--image", "dragon"), "--image dragon: give a test image's index"),
     (("--top9", "fc:1"), "--top9 fc:1: expected LAYER:CHANNEL"),
     (("--top9", "conv1:99"), "and CHANNEL below its channels, [8, 8, 16, 32, 64]"),
-    (("--compare", "missing.pt"), "No such file or directory: 'missing.pt'")])
+    (("--compare", "missing.pt"), "missing.pt: no such checkpoint")])
 def test_visualize_checks_its_flags_before_drawing(good_run, tmp_path, flags, message):
     r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--data", good_run / "data",
                 *flags, "--out", tmp_path / "figs", cwd=tmp_path)

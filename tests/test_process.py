@@ -1,6 +1,4 @@
-"""What only a process of its own can show: signals, SIGKILL, a file-size limit, and each
-script's `__main__` wiring. Every test here is marked slow: `pytest tests --slow` runs them.
-"""
+"""What only a process shows: signals, SIGKILL, a file-size limit, each script's `__main__`."""
 import resource
 import shlex
 import signal
@@ -47,7 +45,7 @@ def assert_same_weights(a, b):
 @pytest.mark.parametrize("script,args,message", [
     ("train.py", ("--iters", 0), "--iters: must be an integer of at least 1"),
     ("train.py", ("--data", "missing", *TINY), "missing data_batch_1.bin"),
-    ("visualize.py", ("--ckpt", "missing.pt"), "No such file or directory: 'missing.pt'"),
+    ("visualize.py", (), "run.pt: no such checkpoint: train one with `python train.py --ckpt"),
     ("cifar.py", ("a", "b"), "unrecognized arguments: b")])
 def test_each_scripts_errors_are_one_line(tmp_path, script, args, message):
     assert_one_line_error(run_process(script, *args, cwd=tmp_path), message)
