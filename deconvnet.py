@@ -117,35 +117,31 @@ def project(model, x, layer, channel=None, keep="map", guided=False):
     return _conv_bn_down(r, conv, bn, x.shape[-1])  # (B, w, H, W) -> (B, 3, H, W)
 
 
+def receptive_field(r):
+    """The rows and columns a projection r (3, H, W) of one activation reaches, as two slices:
+    the part of the image that the activation sees (all of it where r is zero)."""
+    rows, cols = (r.abs().sum(0) > 0).nonzero(as_tuple=True)
+    if len(rows) == 0:
+        return slice(None), slice(None)
+    return slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)
+
+
 # --- Does the network look at the object? -----------------------------------------------------
 
-def slide(read, x, size, stride, fill, batch):
-    """read(copies) of every copy of x with one size x size square set to `fill`, the square
-    moving by `stride`, row-major: (1, 3, H, W) -> (n, n), n = (H - size) // stride + 1."""
+@torch.no_grad()
+def occlusion(model, x, target, size=8, stride=2, fill=0.0, batch=256):
+    """Zeiler & Fergus §4.2: entry (i, j) is the softmax probability of class `target` when the
+    square x[..., i*stride : i*stride+size, j*stride : j*stride+size] is set to `fill` (0 is the
+    data's mean colour after normalisation). (1, 3, H, W) -> (n, n), n = (H - size) // stride + 1
+    """
     H = x.shape[-1]
     n = (H - size) // stride + 1
     start = torch.arange(n, device=x.device)[:, None] * stride  # (n, 1)
     pixel = torch.arange(H, device=x.device)  # (H,)
     inside = (pixel >= start) & (pixel < start + size)  # (n, H): pixel inside square i
     mask = inside[:, None, :, None] & inside[None, :, None, :]  # (n, n, H, W)
-    copies = torch.where(mask.view(n * n, 1, H, H), fill, x)  # (n * n, 3, H, W)
-    return torch.cat([read(c) for c in copies.split(batch)]).view(n, n)
-
-
-@torch.no_grad()
-def occlusion(model, x, target, size=8, stride=2, fill=0.0, batch=256):
-    """Zeiler & Fergus §4.2: entry (i, j) is the softmax probability of class `target` when the
-    square x[..., i*stride : i*stride+size, j*stride : j*stride+size] is set to `fill` (0 is the
-    data's mean colour after normalisation). (1, 3, 32, 32) -> (n, n)."""
-    return slide(lambda c: model(c).softmax(1)[:, target], x, size, stride, fill, batch)
-
-
-@torch.no_grad()
-def occlusion_feature(model, x, layer, channel, size=8, stride=2, fill=0.0, batch=256):
-    """As `occlusion`, for the total activation of `channel` of stage `layer`: Zeiler & Fergus
-    Figure 7, second column. (1, 3, 32, 32) -> (n, n)."""
-    return slide(lambda c: model.features(c)[layer][:, channel].sum((1, 2)), x, size, stride,
-                 fill, batch)
+    copies = torch.where(mask.view(n * n, 1, H, H), fill, x)  # (n * n, 3, H, W), row-major
+    return torch.cat([model(c).softmax(1)[:, target] for c in copies.split(batch)]).view(n, n)
 
 
 def gradcam(model, x, target, layer="conv5_x"):
@@ -194,19 +190,12 @@ def spearman(a, b):
 
 
 def maps(model, x, target):
-    """Figure 7's maps of one image for one network: occlusion of the class, occlusion of the
-    strongest conv5_x channel (a share of its unoccluded total), Grad-CAM (4 x 4), the guided
-    projection from all of conv5_x; the channel, and the class probability."""
+    """Figure 7's maps of one image for one network: occlusion of the class, Grad-CAM (4 x 4),
+    the guided projection from all of conv5_x, and the class probability."""
     with torch.no_grad():
         prob = model(x).softmax(1)[0, target].item()
-        act = model.features(x)["conv5_x"][0].sum((1, 2))  # (C,) total per channel
-    channel = int(act.argmax())
-    return {"occlusion": occlusion(model, x, target),
-            "feature": occlusion_feature(model, x, "conv5_x", channel)
-            / act[channel].clamp(min=1e-12),
-            "gradcam": gradcam(model, x, target),  # (4, 4)
-            "guided": project(model, x, "conv5_x", guided=True),
-            "channel": channel, "prob": prob}
+    return {"occlusion": occlusion(model, x, target), "gradcam": gradcam(model, x, target),
+            "guided": project(model, x, "conv5_x", guided=True), "prob": prob}
 
 
 def sanity(model, images, labels):

@@ -1,10 +1,9 @@
 """The study's Figures 1-5 from a checkpoint of train.py: learning curves, conv1 filters, conv1
 and conv5_x maps of a test image, deconvnet reconstructions (Zeiler & Fergus 2014); Figure 6
-compares runs; Figure 7 asks whether the network looks at the object (occlusion, Grad-CAM, and
-the randomisation test of Adebayo et al. 2018); `--top9` draws the nine test images that most
-activate a channel (Zeiler & Fergus Fig. 2). report.md redoes the study for the run: Table 1,
-each figure with a caption from the run's own numbers, each claim with a verdict by the rules
-below. Figures 3-5 and 7 need test images: from --data, else from the run's own folder.
+compares runs; Figure 7 asks whether the network looks at the object (occlusion, Grad-CAM, the
+randomisation test of Adebayo et al. 2018); `--top9`, Zeiler & Fergus Fig. 2. report.md redoes
+the study for the run: Table 1, each figure with a caption from its numbers, each claim with a
+verdict by the rules below. Figures 3-5 and 7 need test images: --data, else the run's own.
 
     python visualize.py --ckpt run.pt                    # writes figures/fig*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
@@ -45,19 +44,16 @@ def get_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="run.pt", help="checkpoint of train.py (default run.pt)")
     p.add_argument("--data", help="CIFAR-10 folder with the test images (default: the run's)")
-    p.add_argument("--image", default="0", help="the test image of Figures 3-5 and 7: an index, "
-                   "or a class, e.g. ship, for its first test image (default 0)")
+    p.add_argument("--image", default="0", help="test image of Figures 3-5, 7: index or class")
     p.add_argument("--out", default="figures", help="folder to write to (default figures)")
-    p.add_argument("--top9", metavar="LAYER:CHANNEL", help="also draw the 9 test images that "
-                   "most activate this channel, e.g. conv5_x:7")
+    p.add_argument("--top9", metavar="LAYER:CHANNEL", help="the 9 test images that most "
+                   "activate a channel, e.g. conv5_x:7")
     p.add_argument("--compare", nargs="+", metavar="CKPT", default=[], help="other checkpoints")
     p.add_argument("--figures", type=int, nargs="+", choices=range(1, 8), metavar="K",
-                   default=list(range(1, 8)), help="which figures to draw, e.g. --figures 1 7 "
-                   "(default all; 6 only with --compare)")
-    p.add_argument("--sanity", type=int, default=0, metavar="N", help="also run the "
-                   "randomisation test over the first N test images of each class (default 0)")
-    p.add_argument("--device", type=train.device, default="auto",
-                   help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
+                   default=list(range(1, 8)), help="figures to draw (default all; 6: --compare)")
+    p.add_argument("--sanity", type=int, default=0, metavar="N", help="the randomisation test "
+                   "on the first N test images of each class (default 0: none)")
+    p.add_argument("--device", type=train.device, default="auto", help="as train.py's")
     return p.parse_args(argv)
 
 
@@ -80,16 +76,13 @@ def pick_image(spec, labels):
                      f"the name of a class it holds ({', '.join(cifar.CLASSES)})")
 
 
-def grid(tiles, cols, pad=1):
-    """(N, h, w[, 3]) tiles -> one image of rows x cols tiles, NaN (drawn white) between them."""
-    n, h, w = tiles.shape[:3]
-    out = np.full((math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
-                  + tiles.shape[3:], np.nan)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, cols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h,
-            pad + c * (w + pad):pad + c * (w + pad) + w] = t
-    return out
+def grid(tiles, cols):
+    """(N, h, w[, 3]) tiles -> one image of rows x cols tiles, a NaN (white) line before each."""
+    n, h, w, rows = *tiles.shape[:3], math.ceil(len(tiles) / cols)
+    out = np.full((rows * cols, h + 1, w + 1) + tiles.shape[3:], np.nan)
+    out[:n, 1:, 1:] = tiles
+    out = out.reshape(rows, cols, h + 1, w + 1, *tiles.shape[3:]).swapaxes(1, 2)
+    return out.reshape(rows * (h + 1), cols * (w + 1), *tiles.shape[3:])
 
 
 def filter_grid(weight):
@@ -149,14 +142,6 @@ def fig1_learning_curve(history, run, name, path):
     save(fig, path)
 
 
-def fig2_conv1_filters(model, path):
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(filter_grid(model.conv1[0].weight), interpolation="nearest")
-    ax.set(title=f"The {len(model.conv1[0].weight)} conv1 filters (3 x 3 RGB; grey = 0)")
-    ax.axis("off")
-    save(fig, path)
-
-
 def feature_maps(x, maps, label, layer, path):
     """The image and its maps (C, h, w) of `layer`, each scaled alone; returns how many are 0."""
     peak = maps.flatten(1).amax(1)  # (C,) each map's largest value
@@ -174,10 +159,11 @@ def feature_maps(x, maps, label, layer, path):
     return int((peak == 0).sum())
 
 
-def panels(rows, title, path):
-    """A figure of rows of (image, caption) panels."""
+def panels(rows, title, path, size=2):
+    """A figure of rows of (image, caption) panels, each `size` inches wide."""
     cols = max(len(row) for row in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2 * cols, 2.3 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(size * cols, (size + 0.3) * len(rows)),
+                             squeeze=False)
     for row, ax_row in zip(rows, axes):
         for ax, (image, caption) in zip(ax_row, row):
             ax.imshow(image, interpolation="nearest")
@@ -190,20 +176,23 @@ def panels(rows, title, path):
 
 def fig5_deconvnet(model, x, feats, path):
     """The study's Figure 5, from whole layers; below, the most active channels one by one."""
-    layers = ("conv1", False), ("conv5_x", False), ("conv1", True), ("conv5_x", True)
-    rows = [[(show(x)[0], "input")] + [(contrast(deconvnet.project(model, x, layer, guided=g))[0],
-                                        f"all of {layer}{', guided' if g else ''}")
-                                       for layer, g in layers]]
-    for layer, guided in (("conv1", False), ("conv5_x", False), ("conv5_x", True)):
+    image, layers = show(x)[0], (("conv1", False), ("conv5_x", False), ("conv5_x", True))
+    rows = [[(image, "the image")] + [(contrast(deconvnet.project(model, x, layer, guided=g))[0],
+                                       f"all of {layer}{', guided' if g else ''}")
+                                      for layer, g in layers]]
+    for layer, guided in layers:
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
         channels = strength.argsort(descending=True)[:8].tolist()  # the 8 most active
-        rows.append([(show(x)[0], "input")] + [
-            (contrast(deconvnet.project(model, x, layer, c, keep="max", guided=guided))[0],
-             f"{layer}{', guided' if guided else ''} ch {c}") for c in channels])
-    panels(rows, "Row 1: reconstructions from a whole layer (the study's Figure 5). Below, one "
-           "channel at a time: each channel's strongest activation, most active first;\nlast "
-           "row guided. Every panel is scaled to its own range (contrast-enhanced, grey = 0)",
-           path)
+        r = [deconvnet.project(model, x, layer, c, keep="max", guided=guided)[0] for c in channels]
+        fields = [deconvnet.receptive_field(p) for p in r]  # a conv1 activation sees 3 x 3
+        if layer == "conv1":
+            rows.append([(image[f], f"conv1 ch {c} sees") for c, f in zip(channels, fields)])
+        rows.append([(contrast(p[None])[0][f], f"{layer}{', guided' if guided else ''} ch {c}")
+                     for p, f, c in zip(r, fields, channels)])
+    panels(rows, "Row 1: from a whole layer (the study's Figure 5); all of conv1, guided, is the "
+           "same picture (the seed is conv1's own rectified output). Below: a channel at a time,\n"
+           "from its strongest activation: the part of the image it sees, its projection; each "
+           "panel enlarged and scaled alone, grey = 0", path)
 
 
 def top9(model, test_x, test_y, layer, channel, path):
@@ -213,52 +202,51 @@ def top9(model, test_x, test_y, layer, channel, path):
                               .amax(1) for x in test_x.split(500)])  # (N,)
     idx = strength.argsort(descending=True)[:9]  # on the device, as test_x
     x = cifar.normalize(test_x[idx])  # (9, 3, 32, 32)
-    names = [f"{i} ({cifar.CLASSES[test_y[i]]})" for i in idx.tolist()]
-    projections = contrast(deconvnet.project(model, x, layer, channel, keep="max"))
-    panels([list(zip(show(x), names)), [(p, "its projection") for p in projections]],
-           f"The 9 test images that most activate {layer} channel {channel}, and their "
-           f"deconvnet projections (contrast-enhanced)", path)
+    r = deconvnet.project(model, x, layer, channel, keep="max", guided=True)  # (9, 3, 32, 32)
+    fields = [deconvnet.receptive_field(p) for p in r]
+    panels([[(im, f"{i} ({cifar.CLASSES[test_y[i]]})") for im, i in zip(show(x), idx.tolist())],
+            [(im[f], "the part it sees") for im, f in zip(show(x), fields)],
+            [(p[f], "guided projection") for p, f in zip(contrast(r), fields)]],
+           f"The 9 test images that most activate {layer} channel {channel}. Their plain deconvnet "
+           f"projections would be one picture: with no max-pooling switches, it depends only on\n"
+           f"where the activation is and its strength; guided, each keeps its image's ReLU masks "
+           f"(contrast-enhanced, grey = 0)", path)
 
 
 def fig7_localize(model, test_x, test_y, index, path):
     """Rows: the --image, the same on random weights, the first test image of three other
-    classes. Columns: the image, occlusion of the class, occlusion of the strongest conv5_x
-    channel, Grad-CAM, the guided projection. Returns the --image's maps on the network."""
+    classes. Columns: the image, occlusion of its class, Grad-CAM, the guided projection.
+    Returns the --image's maps on the trained network."""
     others = [int(np.flatnonzero(test_y == c)[0]) for c in range(10)
               if c != test_y[index] and (test_y == c).any()]
     rows = [(model, index, "trained"), (deconvnet.reinitialised(model), index, "random weights")]
     rows += [(model, i, "trained") for i in others[:3]]
-    titles = ["the image", "P(class), the square there", "strongest conv5_x channel,\nthe "
-              "square there, as a\nshare of it without", "Grad-CAM at conv5_x, as\na share of "
-              "its largest", "guided projection from\nall of conv5_x (grey 0)"]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows)), layout="constrained")
+    titles = ["the image", "P(its class) with an 8 x 8\ngrey square there", "Grad-CAM at conv5_x,"
+              "\nas a share of its largest", "guided projection from\nall of conv5_x (grey 0)"]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.3 * len(rows)), layout="constrained")
     found = []
     for (net, i, kind), row in zip(rows, axes):
         x = cifar.normalize(test_x[i:i + 1])
         m = deconvnet.maps(net, x, int(test_y[i]))
         found.append(m)
         cam = F.interpolate(m["gradcam"][None, None], size=(32, 32), mode="bilinear")[0, 0]
-        shown = [show(x)[0], m["occlusion"], m["feature"], cam / cam.max().clamp(min=1e-12),
+        shown = [show(x)[0], m["occlusion"], cam / cam.max().clamp(min=1e-12),
                  contrast(m["guided"])[0]]
-        for ax, image in zip(row, shown):  # the maps share one scale: 0 to 1
+        for ax, image in zip(row, shown):  # the two maps share one scale: 0 to 1
             bar = ax.imshow(torch.as_tensor(image).cpu().numpy(), vmin=0, vmax=1)
             ax.set(xticks=[], yticks=[])
         name = cifar.CLASSES[test_y[i]]
         row[0].set_ylabel(f"test image {i} ({name}),\n{kind}:\nP({name}) = {m['prob']:.2f}",
                           fontsize=8)
         row[1].set_xlabel(f"lowest {m['occlusion'].min():.2f}", fontsize=8)
-        row[2].set_xlabel(f"channel {m['channel']}", fontsize=8)
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=8)
-    fig.colorbar(bar, ax=axes[:, 1:4], shrink=0.5, label="the maps of columns 2-4: 0 to 1")
-    fig.suptitle("Does the network look at the object? Occlusion (Zeiler & Fergus §4.2: 8 x 8 "
-                 "grey square, stride 2), Grad-CAM, guided backpropagation;\nrow 2: the same "
-                 "architecture with random weights (Adebayo et al. 2018)", fontsize=10)
+    fig.colorbar(bar, ax=axes[:, 1:3], shrink=0.5, label="columns 2 and 3: 0 (dark) to 1")
+    fig.suptitle("Does the network look at the object? Occlusion (Zeiler & Fergus §4.2), "
+                 "Grad-CAM, guided projection;\nrow 2: random weights (Adebayo et al. 2018)")
     save(fig, path)
     return found[0]
 
-
-# --- The report: Table 1, the figures, and the study's claims with their verdicts ----------------
 
 def report(ckpt, model, drawn, facts, path):
     """report.md, the study redone for this run; drawn: {file: (title, caption)} of its figures."""
@@ -276,10 +264,15 @@ def report(ckpt, model, drawn, facts, path):
              f"| Source: sha256 of resnet18.py, cifar.py, train.py | {prov['source']} |", "",
              "## Table 1", "", train.table(ckpt["history"]), ""]
     for name, (title, words) in sorted(drawn.items()):
-        lines += [f"## {title}", "", f"![{title}]({name})", "", words, ""]
-    lines += ["## The study's claims, checked", "", "| Claim | This run | Verdict |",
-              "|---|---|---|"] + [f"| {c} | {e} | {verdict(v)} |" for c, e, v in claims(
-                  ckpt["history"], run, facts.get("conv5_x"), facts.get("located"))]
+        lines += [f"## {title}", ""]
+        if name.endswith(".png"):  # "fig6" alone is a note: Figure 6 was not drawn
+            lines += [f"![{title}]({name})", ""]
+        lines += [words, ""]
+    lines += ["## The study's claims, checked", "", "*Not measured*: this run cannot test the "
+              "claim (the reason follows); *does not hold*: it was tested, and failed.", "",
+              "| Claim | This run | Verdict |", "|---|---|---|"]
+    lines += [f"| {c} | {e} | {verdict(v)} |" for c, e, v in claims(
+        ckpt["history"], run, facts.get("conv5_x"), facts.get("located"))]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 
@@ -369,23 +362,26 @@ def image_figures(model, args, test_x, test_y, out, drawn):
         feats = model.features(x)
         prob = model(x).softmax(1)[0, test_y[index]].item()
     name, facts = cifar.CLASSES[test_y[index]], {}
-    label = f"test image {index} ({name})"
-    image = f"{label}, P({name}) = {prob:.2f}"
+    label, image = f"test image {index} ({name})", f"test image {index} ({name}, P = {prob:.2f})"
     for k, layer in ((3, "conv1"), (4, "conv5_x")):
         if k in want:
             n = feature_maps(x, feats[layer][0], label, layer, out / FIGURES[k - 1])
             facts[layer] = n, len(feats[layer][0])  # blank maps, maps
-            drawn[FIGURES[k - 1]] = TITLES[k - 1], f"{image}: {n} of {facts[layer][1]} maps blank"
+            drawn[FIGURES[k - 1]] = TITLES[k - 1], f"{n} of the {len(feats[layer][0])} {layer} " \
+                                                   f"maps of {image} are blank (zero everywhere)."
     if 5 in want:
         fig5_deconvnet(model, x, feats, out / FIGURES[4])
-        drawn[FIGURES[4]] = TITLES[4], image
+        drawn[FIGURES[4]] = TITLES[4], f"The deconvnet reconstructions of {image}."
     if spec:
         top = f"top9_{spec[0]}_{spec[1]}.png"
         top9(model, test_x, test_y, *spec, out / top)
-        drawn[top] = f"Top 9 of {spec[0]}:{spec[1]}", "Zeiler & Fergus"
+        drawn[top] = f"The top 9 of {spec[0]} channel {spec[1]}", "The nine test images that " \
+            "most activate it, the part of each that its strongest activation sees, and each " \
+            "one's guided projection (Zeiler & Fergus Figure 2)."
     if 7 in want:
         lowest = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])["occlusion"].min()
-        drawn[FIGURES[6]] = TITLES[6], f"{image}; occluded, {lowest:.2f} at the lowest"
+        drawn[FIGURES[6]] = TITLES[6], f"For {image}, an 8 x 8 grey square over the image " \
+                                       f"lowers P({name}) to {lowest:.2f} at the lowest."
     if args.sanity:
         picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
         rho = deconvnet.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
@@ -418,16 +414,18 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.to(args.device, memory_format=torch.channels_last)
-    print(f"{args.ckpt}: {model.name} at iteration {ckpt['iteration']:,}")
     print(f"Table 1 of this run, beside the study's:\n{train.table(history)}")
     drawn, facts = {}, {"images": args.data or "none"}  # for the report
     if history and 1 in want:
         fig1_learning_curve(history, run, model.name, out / FIGURES[0])
         jump, rise = claims(history, run)[2:4]  # their evidence, in words
-        drawn[FIGURES[0]] = TITLES[0], f"Around the drop: {jump[1]}; after it: {rise[1]}"
+        drawn[FIGURES[0]] = TITLES[0], f"Test accuracy around the drop: {jump[1]}; test loss " \
+                                       f"after it: {rise[1]}."
     if 2 in want:
-        fig2_conv1_filters(model, out / FIGURES[1])
-        drawn[FIGURES[1]] = TITLES[1], f"{model.width} filters of 3 x 3, each scaled alone"
+        panels([[(filter_grid(model.conv1[0].weight), "")]], f"The {model.width} conv1 filters "
+               f"(3 x 3 RGB; grey = 0)", out / FIGURES[1], size=6)
+        drawn[FIGURES[1]] = TITLES[1], f"The {model.width} conv1 filters, 3 x 3 RGB each, each " \
+                                       f"scaled to its own largest weight; grey is 0."
     if args.compare and 6 in want:
         runs = [(ckpt, model), *others]
         names = [f"{m.name} ({p.name})" for p, (_, m) in zip(paths, runs)]
@@ -436,7 +434,9 @@ def main(argv=None):
         for ax in axes:
             ax.legend(fontsize=7)
         save(fig, out / FIGURES[5])
-        drawn[FIGURES[5]] = TITLES[5], ", ".join(names)
+        drawn[FIGURES[5]] = TITLES[5], f"The learning curves of {', '.join(names)}."
+    else:
+        drawn["fig6"] = TITLES[5], "Not drawn: Figure 6 sets this run beside others (--compare)."
     if args.data is not None:
         facts.update(image_figures(model, args, test_x.to(args.device), test_y, out, drawn))
     report(ckpt, model, drawn, facts, out / "report.md")
