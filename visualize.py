@@ -44,16 +44,16 @@ def get_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="run.pt", help="checkpoint of train.py (default run.pt)")
     p.add_argument("--data", help="CIFAR-10 folder with the test images (default: the run's)")
-    p.add_argument("--image", default="0", help="test image of Figures 3-5, 7: index or class")
+    p.add_argument("--image", default="0", help="index or class of the test image (default 0)")
     p.add_argument("--out", default="figures", help="folder to write to (default figures)")
     p.add_argument("--top9", metavar="LAYER:CHANNEL", help="the 9 test images that most "
                    "activate a channel, e.g. conv5_x:7")
-    p.add_argument("--compare", nargs="+", metavar="CKPT", default=[], help="other checkpoints")
+    p.add_argument("--compare", nargs="+", metavar="CKPT", default=[], help="runs for Figure 6")
     p.add_argument("--figures", type=int, nargs="+", choices=range(1, 8), metavar="K",
                    default=list(range(1, 8)), help="figures to draw (default all; 6: --compare)")
     p.add_argument("--sanity", type=int, default=0, metavar="N", help="the randomisation test "
                    "on the first N test images of each class (default 0: none)")
-    p.add_argument("--device", type=train.device, default="auto", help="as train.py's")
+    p.add_argument("--device", type=train.device, default="auto", help="cpu or cuda[:N] (auto)")
     return p.parse_args(argv)
 
 
