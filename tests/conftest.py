@@ -18,7 +18,6 @@ from torch.utils._pytree import tree_map_only
 import cifar  # the repository root is on sys.path: pyproject.toml's pythonpath
 
 REPO = Path(__file__).resolve().parent.parent
-torch.set_num_threads(1)  # the tests' tensors are tiny: a second thread costs more than it gives
 
 
 def pytest_addoption(parser):
