@@ -132,8 +132,7 @@ def receptive_field(r):
 def occlusion(model, x, target, size=8, stride=2, fill=0.0, batch=256):
     """Zeiler & Fergus §4.2: entry (i, j) is the softmax probability of class `target` when the
     square x[..., i*stride : i*stride+size, j*stride : j*stride+size] is set to `fill` (0 is the
-    data's mean colour after normalisation). (1, 3, H, W) -> (n, n), n = (H - size) // stride + 1
-    """
+    mean colour, once normalised). (1, 3, H, W) -> (n, n), n = (H - size) // stride + 1."""
     H = x.shape[-1]
     n = (H - size) // stride + 1
     start = torch.arange(n, device=x.device)[:, None] * stride  # (n, 1)

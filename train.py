@@ -74,7 +74,8 @@ def get_args(argv=None):
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     r.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast (default off: float32). Faster on GPUs and on CPUs "
-                        "with AMX units (grep amx_bf16 /proc/cpuinfo); slower on other CPUs")
+                        "with bfloat16 units (AMX or AVX-512 BF16: grep bf16 /proc/cpuinfo); "
+                        "slower on other CPUs")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile the model (on CUDA: mode reduce-overhead, CUDA graphs)")
     # Settings start unset, so that argparse fills in a default only where no flag was given.
