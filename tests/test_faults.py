@@ -14,7 +14,6 @@ import inject
 import train
 from conftest import REPO, TINY, make_cifar, run_cli
 
-SHIPPED = REPO / "docs" / "resnet18-w16.pt"
 
 
 def assert_one_line_error(r, *fragments):
@@ -129,11 +128,13 @@ def test_a_bad_checkpoint_is_one_line_naming_it_and_changes_nothing(good_run, tm
         assert marker.exists()
 
 
-def test_the_shipped_network_loads_and_cannot_be_resumed(tmp_path):
-    ckpt, model = train.load(SHIPPED)
-    assert (model.name, ckpt["iteration"]) == ("ResNet-18, width 16", 50000)
-    r = run_cli("train.py", "--resume", "--ckpt", SHIPPED, cwd=tmp_path)
-    assert_one_line_error(r, "resnet18-w16.pt holds a network's weights, not a run to resume")
+@pytest.mark.parametrize("width", [16, 64])
+def test_each_shipped_network_loads_and_cannot_be_resumed(tmp_path, width):
+    shipped = REPO / "docs" / f"resnet18-w{width}.pt"
+    ckpt, model = train.load(shipped)
+    assert (model.name, ckpt["iteration"]) == (f"ResNet-18, width {width}", 50000)
+    r = run_cli("train.py", "--resume", "--ckpt", shipped, cwd=tmp_path)
+    assert_one_line_error(r, f"{shipped.name} holds a network's weights, not a run to resume")
 
 
 # --- 3, 4. A resume changes only what is ahead; a fresh run never overwrites -------------------

@@ -47,20 +47,28 @@ def test_lr_at_around_each_drop():
 
 
 def history(*its):
-    return [{"iteration": i, "train_acc": 90.0, "test_acc": 79.6} for i in its]
+    return [{"iteration": i, "train_acc": 90.0, "test_acc": 79.6, "train_images": 50000,
+             "step_acc": 87.5, "step_images": min(i // 100, 128)} for i in its]
 
 
 def test_table_has_a_column_every_10000_iterations_and_the_last_or_every_evaluation():
     lines = train.table(history(5000, 10000, 15000, 20000, 25000)).splitlines()
     assert lines == ["| Iterations | 10,000 | 20,000 | 25,000 |",
                      "|---|---:|---:|---:|",
-                     "| Train error (%) | 10.00 | 10.00 | 10.00 |",
-                     "| Train accuracy (%) | 90.00 | 90.00 | 90.00 |",
+                     "| Train error (%), 50,000 images, no augmentation | 10.00 | 10.00 | 10.00 |",
+                     "| Train accuracy (%), 50,000 images, no augmentation | 90.00 | 90.00 | "
+                     "90.00 |",
+                     "| Train accuracy (%), last 128 training images (the study's measure) | "
+                     "87.50 (100 images) | 87.50 | 87.50 |",
                      "| Test error (%) | 20.40 | 20.40 | 20.40 |",
                      "| Test accuracy (%) | 79.60 | 79.60 | 79.60 |",
                      "| Study test accuracy (%) | 79.60 | 83.40 | - |"]
-    short = train.table(history(100, 200, 300)).splitlines()  # too short for two columns
-    assert short[0] == "| Iterations | 100 | 200 | 300 |" and len(short) == 6  # no study row
+    short = history(100, 200, 300)  # too short for two columns: every evaluation
+    del short[0]["step_acc"]  # a row saved before the study's measure was recorded
+    lines = train.table(short).splitlines()
+    assert lines[0] == "| Iterations | 100 | 200 | 300 |" and len(lines) == 7  # no study row
+    assert lines[4] == "| Train accuracy (%), last 128 training images (the study's measure) | " \
+                       "not recorded | 87.50 (2 images) | 87.50 (3 images) |"
 
 
 def test_the_schedule_is_the_studys_drop_where_the_run_reaches_it_or_the_flags():
@@ -89,6 +97,28 @@ def test_cli_writes_the_checkpoint_and_table_1(tiny_data, tmp_path):
     assert [h["iteration"] for h in ckpt["history"]] == [10, 20]
     assert ckpt["history"][1]["lr"] == pytest.approx(0.01)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run.pt"]  # no .tmp left
+
+
+def test_the_studys_train_measure_is_the_steps_own_predictions(tiny_data, tmp_path,
+                                                                monkeypatch):
+    """The last 128 training images before each evaluation (fewer when the interval has fewer),
+    each classified by its own step's forward pass: here, by a copy of the model before it."""
+    real, right = train.train_step, []
+
+    def step(model, params, bufs, x, y, *args):
+        with torch.no_grad():
+            right.append(copy.deepcopy(model)(x).argmax(1) == y)  # (8,) bool
+        return real(model, params, bufs, x, y, *args)
+    monkeypatch.setattr(train, "train_step", step)
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 30, "--eval-every", 20, *TINY,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = torch.load(tmp_path / "run.pt", weights_only=True)["history"]
+    last = [torch.cat(right[4:20]), torch.cat(right[20:30])]  # 128 of 160 images; 80 of 80
+    assert [(h["step_images"], h["step_acc"]) for h in rows] == \
+        [(len(c), 100.0 * c.float().mean().item()) for c in last]
+    log = next(ln for ln in r.stdout.splitlines() if ln.startswith("it     10/30 |"))
+    assert f"| acc {100.0 * torch.cat(right[:10]).float().mean().item():5.2f}% |" in log
 
 
 def same_weights(a, b):
@@ -126,7 +156,7 @@ def project_steps(data, dtype=torch.float32, amp=False, compiled=False, device="
     bufs = [torch.zeros_like(p) for p in params]
     step_model = train.compiled(model, torch.device(device)) if compiled else model
     return torch.stack([train.train_step(step_model, params, bufs, x.to(dtype), y, 0.05, 0.9,
-                                         2e-4, amp).cpu() for x, y in data])
+                                         2e-4, amp)["loss"].cpu() for x, y in data])
 
 
 def textbook_steps(data, dtype=torch.float32, device="cpu"):
@@ -198,8 +228,10 @@ def test_ctrl_c_and_the_printed_command_end_bit_identical(tiny_data, tmp_path, m
     assert r.returncode == 0, r.stderr
     assert "iterations 16 -> 30; learning rate 0.1, divided by 10 at: 12" in r.stdout
     assert same_weights(tmp_path / "straight.pt", tmp_path / "split.pt")
-    hist = torch.load(tmp_path / "split.pt", weights_only=True)["history"]
-    assert [h["iteration"] for h in hist] == [7, 14, 21, 28, 30]
+    hist = [torch.load(tmp_path / f, weights_only=True)["history"] for f in ("straight.pt",
+                                                                             "split.pt")]
+    assert [h["iteration"] for h in hist[1]] == [7, 14, 21, 28, 30]
+    assert hist[1] == hist[0]  # every figure, the study's train measure across the stop too
 
 
 def test_resume_takes_a_change_of_what_is_still_ahead_and_says_so(tiny_data, tmp_path,

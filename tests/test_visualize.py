@@ -9,7 +9,7 @@ import torch
 import cifar
 import train
 import visualize
-from conftest import TINY, make_cifar, one_device, run_cli
+from conftest import REPO, TINY, make_cifar, one_device, run_cli
 
 FIGURES = ["fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
            "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig7_localize.png"]
@@ -82,6 +82,16 @@ def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, 
     assert "--sanity" not in text.split("## The study's claims")[1]  # localisation measured
 
 
+@pytest.mark.parametrize("width", [16, 64])
+def test_each_shipped_network_is_reported_with_the_studys_measure_not_recorded(tmp_path, width):
+    r = run_cli("visualize.py", "--ckpt", REPO / "docs" / f"resnet18-w{width}.pt", "--figures",
+                1, 2, "--out", tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    row = next(ln for ln in (tmp_path / "report.md").read_text().splitlines()
+               if ln.startswith("| Train accuracy (%), last 128 training images"))
+    assert row.split("|")[2:-1] == [" not recorded "] * 5
+
+
 def test_filter_grid_scales_each_filter_alone_with_zero_mid_grey():
     w = torch.zeros(4, 3, 3, 3)
     w[0, 0, 0, 0], w[0, 1, 1, 1] = 2.0, -1.0  # filter 0: one positive and one negative weight
@@ -101,7 +111,8 @@ def history_of(acc10k, jump, late_rise, train_last):
         rows.append({"iteration": it, "test_acc": 85.0 + jump * after,
                      "test_loss": 0.5 - 0.1 * after + (late_rise * (it - 40000) / 10000 * 0.4
                                                        if it > 40000 else 0),
-                     "train_acc": train_last if it == 50000 else 90.0})
+                     "train_acc": train_last if it == 50000 else 90.0,
+                     "step_acc": train_last if it == 50000 else 90.0})
     rows[9]["test_acc"] = acc10k
     return rows
 
@@ -117,7 +128,7 @@ def test_each_claim_follows_its_rule(made_to):
     history[-1]["test_acc"] = 93.0 if hold else 85.0
     verdicts = visualize.claims(history, STUDYS, blank=(40, 64) if hold else (3, 64),
                                 located=(0.1, 0.9, 0.2) if hold else (0.8, 0.9, 0.2))
-    assert [v for _, _, v in verdicts] == [hold] * 7
+    assert [v for _, _, v in verdicts] == [hold] * 8
 
 
 def test_a_claim_a_run_cannot_test_says_why():
@@ -129,9 +140,14 @@ def test_a_claim_a_run_cannot_test_says_why():
                        "not measured: the run has no evaluations either side of a drop",
                        "not measured: fewer than three evaluations after a drop",
                        "not measured: the run is shorter (2,000 of 50,000 iterations)",
+                       "not measured: the run is shorter (2,000 of 50,000 iterations)",
                        "not measured: no test image, so no Figure 4",
                        "not measured: the randomisation test was not asked for (--sanity N)"]
     narrow = visualize.claims(history_of(79.6, 5.0, 1.0, 100.0), {**STUDYS, "width": 16})
     assert [v for _, _, v in narrow[:2]] == ["the network is not the study's ResNet-18 at "
                                              "width 64"] * 2
     assert [visualize.verdict(v) for v in (True, False)] == ["holds", "does not hold"]
+    before = [{k: v for k, v in h.items() if k != "step_acc"} for h in history_of(79.6, 5.0, 1.0,
+                                                                                 100.0)]
+    assert [visualize.verdict(v) for _, _, v in visualize.claims(before, STUDYS)[4:6]] == \
+        ["holds", "not measured: the run was made before this measure was recorded"]
