@@ -282,7 +282,7 @@ def evaluation(model, loader, test, it, lr, recent, args):
     test_loss, test_acc = evaluate(model, *test, args.amp)
     step_acc = 100.0 * recent.float().mean().item()
     print(f"eval {it:6d} | train loss {train_loss:.4f} acc {train_acc:.2f}% ({n} images) | "
-          f"last {len(recent)} training steps' images {step_acc:.2f}% | test loss "
+          f"as trained, last {len(recent)}: {step_acc:.2f}% | test loss "
           f"{test_loss:.4f} acc {test_acc:.2f}%", flush=True)
     return {"iteration": it, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "test_loss": test_loss, "test_acc": test_acc, "train_images": n,
