@@ -367,7 +367,7 @@ def load(path):
     except (pickle.UnpicklingError, EOFError):  # not torch.save's, or code: refused unread
         raise ValueError(f"{path}: not a checkpoint of train.py (torch.load with weights_only "
                          f"refused it: another kind of file, or objects that run code)") from None
-    except (RuntimeError, KeyError, TypeError) as e:  # truncated, another network, another dict
+    except (RuntimeError, OSError, KeyError, TypeError) as e:  # truncated, another network, dict
         why = " ".join(str(e).split())[:200]
         raise ValueError(f"{path}: not a checkpoint of train.py ({why})") from None
     return ckpt, model.eval()

@@ -69,6 +69,13 @@ def test_project_equals_the_autograd_oracle(depth, plain, layer, seed, keep, gui
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-10
 
 
+def test_receptive_field_is_the_box_that_a_projection_reaches():
+    r = torch.zeros(3, 32, 32)
+    r[1, 5, 10], r[2, 8, 12] = 1.0, -2.0  # rows 5 to 8, columns 10 to 12
+    assert deconvnet.receptive_field(r) == (slice(5, 9), slice(10, 13))
+    assert deconvnet.receptive_field(torch.zeros(3, 32, 32)) == (slice(None), slice(None))
+
+
 def test_project_leaves_the_model_untouched():
     model = trained_looking(ResNet18(width=4), torch.double).train()
     model.conv2_x[0].bn1.eval()  # a mixed-mode model stays mixed
@@ -84,8 +91,7 @@ def test_project_leaves_the_model_untouched():
 
 @pytest.fixture(scope="module")
 def nets():
-    """A trained-looking network and its plain twin, in eval mode (seed 1: not the weights of
-    deconvnet.reinitialised)."""
+    """Trained-looking ResNet-18 and plain-34, in eval mode (seed 1: not reinitialised's)."""
     torch.manual_seed(1)
     return [trained_looking(ResNet(depth, width=4, plain=plain))
             for depth, plain in ((18, False), (34, True))]
@@ -95,11 +101,12 @@ def image(seed=0, dtype=torch.float32):
     return torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-@pytest.mark.parametrize("size,stride,fill", [(8, 2, 0.0), (4, 4, 0.5), (16, 8, 0.0), (5, 3, 0.0)])
-def test_occlusion_equals_one_forward_pass_per_position(nets, size, stride, fill):
+@pytest.mark.parametrize("size,stride,fill,batch", [(8, 2, 0.0, 256), (4, 4, 0.5, 256),
+                                                    (16, 8, 0.0, 256), (5, 3, 0.0, 7)])
+def test_occlusion_equals_one_forward_pass_per_position(nets, size, stride, fill, batch):
     x, n = image(), (32 - size) // stride + 1
     for model in nets:
-        got = deconvnet.occlusion(model, x, 3, size, stride, fill)
+        got = deconvnet.occlusion(model, x, 3, size, stride, fill, batch)  # 7: several batches
         want = torch.empty(n, n)
         with torch.no_grad():
             for i in range(n):
@@ -112,7 +119,7 @@ def test_occlusion_equals_one_forward_pass_per_position(nets, size, stride, fill
 
 @pytest.mark.parametrize("layer", STAGES)
 def test_gradcam_equals_autograd_by_hand_and_at_conv5_the_class_activation_map(nets, layer):
-    x, model = image(3, torch.float64), nets[1].double()
+    x, model = image(3, torch.float64), copy.deepcopy(nets[1]).double()
     h, A = x, None
     for name in STAGES:  # the forward pass written out, keeping the stage's output
         h = getattr(model, name)(h)
@@ -124,23 +131,30 @@ def test_gradcam_equals_autograd_by_hand_and_at_conv5_the_class_activation_map(n
     if layer == "conv5_x":  # logits = fc(mean of conv5_x): Zhou et al.'s CAM, relu(W_4 A) / 16
         want = torch.relu((model.fc.weight[4][:, None, None] * A[0]).sum(0)).detach() / 16
     got = deconvnet.gradcam(model, x, 4, layer)
-    model.zero_grad()
-    model.float()
     assert got.shape == A.shape[2:]
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_a_reinitialised_network_has_the_shape_of_the_trained_one_and_other_maps(nets):
-    model, x = nets[0], image(4)
-    state = torch.random.get_rng_state()
+def test_a_reinitialised_network_has_the_shape_of_the_trained_one_and_other_weights(nets):
+    model, state = nets[0], torch.random.get_rng_state()
     fresh = deconvnet.reinitialised(model)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global generator untouched
     assert {k: v.shape for k, v in fresh.state_dict().items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
     assert not fresh.training and not torch.equal(fresh.fc.weight, model.fc.weight)
-    a, b = deconvnet.gradcam(model, x, 2), deconvnet.gradcam(fresh, x, 2)
-    assert not torch.allclose(a, b)
-    assert not torch.allclose(deconvnet.occlusion(model, x, 2), deconvnet.occlusion(fresh, x, 2))
+
+
+def test_the_randomisation_test_sets_each_map_against_fresh_weights(nets):
+    model, x, y = nets[0], torch.cat([image(5), image(6)]), torch.tensor([1, 7])
+    rho = deconvnet.sanity(model, x, y)
+    fresh = deconvnet.reinitialised(model)
+    occluded = [deconvnet.spearman(deconvnet.occlusion(model, x[i:i + 1], int(y[i])),
+                                   deconvnet.occlusion(fresh, x[i:i + 1], int(y[i])))
+                for i in range(2)]
+    assert rho["occlusion"][0] == pytest.approx(sum(occluded) / 2)
+    assert max(m for m, _, _ in rho.values()) < 0.99  # not the network against itself
+    same = deconvnet.sanity(fresh, x, y)  # fresh weights against themselves: every rho 1
+    assert all(m == pytest.approx(1.0) for m, _, n in same.values() if n < 2)
 
 
 def test_spearman_equals_the_textbook_formula_without_ties():

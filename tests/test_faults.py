@@ -1,7 +1,6 @@
 """Bad input and injected faults: one line naming the file or the flag, a non-zero exit, no file
 lost. One parametrised test per guarantee, each case named with the words of its error; faults
 inside a run are the named helpers of tests/inject.py. Signals and kills: test_process.py."""
-import hashlib
 import os
 import pickle
 import tarfile
@@ -12,39 +11,14 @@ import torch
 import cifar
 import inject
 import train
-from conftest import REPO, TINY, make_cifar, run_cli
-
-
-
-def assert_one_line_error(r, *fragments):
-    """A non-zero exit, no traceback, one line (ours, or argparse's usage and error)."""
-    assert r.returncode != 0, r.stdout
-    lines = r.stderr.strip().splitlines()
-    ours = len(lines) == 1 and lines[0].startswith("error: ")
-    usage = lines[0].startswith("usage:") and ": error: " in lines[-1] \
-        and all(ln.startswith(" ") for ln in lines[1:-1])
-    assert ours or usage, r.stderr
-    for f in fragments:
-        assert f in r.stderr, (f, r.stderr)
-
-
-def files(folder):
-    """Every file under `folder`, as bytes, to compare before and after."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
-def train_cli(tmp_path, data, *flags, iters=5):
-    return run_cli("train.py", "--data", data, "--iters", iters, *TINY, *flags, cwd=tmp_path)
+from conftest import REPO, TINY, assert_one_line_error, files, make_cifar, run_cli, tgz_of
 
 
 # --- 1. A save is atomic, and never of a state that is not finite ------------------------------
 
 @pytest.mark.parametrize("fault,flags,message", [
-    ("disk full at the second save", (), "could not write run.pt ([Errno 28] No space left on "
-                                         "device); the previous file, if any, is whole"),
-    ("NaN loss at step 7", (), "the weights became NaN or infinite by iteration 10: training "
-                               "diverged; run.pt still holds iteration 5"),
+    ("disk full at the second save", (), "could not write run.pt"),
+    ("NaN loss at step 7", (), "by iteration 10: training diverged; run.pt still holds"),
     ("a huge learning rate", ("--lr", 1e12), "training diverged; no checkpoint was written")])
 def test_a_fault_during_a_run_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch,
                                                              fault, flags, message):
@@ -52,7 +26,8 @@ def test_a_fault_during_a_run_keeps_the_last_good_checkpoint(tiny_data, tmp_path
         inject.disk_full_at_second_save(monkeypatch.setattr)
     if fault.startswith("NaN"):
         inject.nan_at_step_7(monkeypatch.setattr)
-    r = train_cli(tmp_path, tiny_data, "--eval-every", 5, *flags, iters=20)
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 20, "--eval-every", 5, *TINY, *flags,
+                cwd=tmp_path)
     assert_one_line_error(r, message)
     if flags:
         assert not (tmp_path / "run.pt").exists()
@@ -93,20 +68,17 @@ def edited(change):
 
 
 BAD_CKPT = {  # what is wrong: (how to make it so from a good checkpoint, the words of the error)
-    "truncated": (lambda g, p, m: p.write_bytes(g.read_bytes()[:len(g.read_bytes()) // 2]),
-                  "not a checkpoint of train.py (PytorchStreamReader failed"),
+    "truncated": (lambda g, p, m: p.write_bytes(g.read_bytes()[:99999]), "not a checkpoint"),
+    "truncated early": (lambda g, p, m: p.write_bytes(g.read_bytes()[:9999]), "not a checkpoint"),
     "a CSV": (lambda g, p, m: p.write_text("iteration,lr\n5,0.1\n"), "not a checkpoint"),
     "empty": (lambda g, p, m: p.write_bytes(b""), "not a checkpoint of train.py"),
     "a folder": (lambda g, p, m: p.mkdir(), "Is a directory"),
     "none": (lambda g, p, m: None, "no such checkpoint: train one with `python train.py --ckpt"),
-    "code": (edited(lambda c, m: c["args"].update(evil=Payload(m))),
-             "not a checkpoint of train.py (torch.load with weights_only refused it"),
+    "code": (edited(lambda c, m: c["args"].update(evil=Payload(m))), "weights_only refused it"),
     "a list": (lambda g, p, m: torch.save([1], p), "not a checkpoint of train.py"),
     "no model": (edited(lambda c, m: c.pop("model")), "not a checkpoint of train.py ('model')"),
-    "a missing tensor": (edited(lambda c, m: c["model"].pop("fc.bias")),
-                         'Missing key(s) in state_dict: "fc.bias"'),
-    "another network": (edited(lambda c, m: c["args"].update(width=16)),
-                        "size mismatch for conv1.0.weight"),
+    "a missing tensor": (edited(lambda c, m: c["model"].pop("fc.bias")), '"fc.bias"'),
+    "another network": (edited(lambda c, m: c["args"].update(width=16)), "size mismatch"),
 }
 
 
@@ -129,10 +101,13 @@ def test_a_bad_checkpoint_is_one_line_naming_it_and_changes_nothing(good_run, tm
 
 
 @pytest.mark.parametrize("width", [16, 64])
-def test_each_shipped_network_loads_and_cannot_be_resumed(tmp_path, width):
+def test_each_shipped_network_loads_is_reported_and_cannot_be_resumed(tmp_path, width):
     shipped = REPO / "docs" / f"resnet18-w{width}.pt"
     ckpt, model = train.load(shipped)
     assert (model.name, ckpt["iteration"]) == (f"ResNet-18, width {width}", 50000)
+    r = run_cli("visualize.py", "--ckpt", shipped, "--figures", 1, 2, "--out", ".", cwd=tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert r.returncode == 0 and "(the study's measure) |" + " not recorded |" * 5 in report
     r = run_cli("train.py", "--resume", "--ckpt", shipped, cwd=tmp_path)
     assert_one_line_error(r, f"{shipped.name} holds a network's weights, not a run to resume")
 
@@ -140,15 +115,12 @@ def test_each_shipped_network_loads_and_cannot_be_resumed(tmp_path, width):
 # --- 3, 4. A resume changes only what is ahead; a fresh run never overwrites -------------------
 
 @pytest.mark.parametrize("flags,message", [
-    (("--resume", "--width", 16), "run.pt was trained with --width 8, and a resume continues "
-                                  "that run: leave --width out"),
+    (("--resume", "--width", 16), "run.pt was trained with --width 8"),
     (("--resume", "--lr", 0.05), "trained with --lr 0.1"),
     (("--resume", "--eval-every", 3), "trained with --eval-every 5"),
     (("--resume", "--amp"), "trained with --amp False"),
-    (("--resume", "--iters", 10), "run.pt has run 10 of its 10 iterations: to train it further, "
-                                  "give --iters above 10"),
-    (("--resume", "--iters", 20, "--lr-drops", 5), "ran 10 iterations with the rate divided at "
-                                                   "no iteration: --lr-drops may change only"),
+    (("--resume", "--iters", 10), "run.pt has run 10 of its 10 iterations"),
+    (("--resume", "--iters", 20, "--lr-drops", 5), "--lr-drops may change only what is ahead"),
     (("--resume", "--iters", 20, "--data", "other"), "run.pt was trained on other data"),
     ((), "run.pt exists: continue it with `python "),
     (("--ckpt", "nodir/run.pt"), "--ckpt nodir/run.pt: the folder nodir does not exist")])
@@ -187,7 +159,7 @@ def set_bytes(f, change):
 
 BAD_DATA = {  # how the data is broken: (how to make it so, the words of the error)
     "truncated": (lambda d: set_bytes(d / "data_batch_3.bin", lambda b: b[:-100]),
-                  "data_batch_3.bin: 49,068 bytes, not a whole number of 3073-byte"),
+                  "data_batch_3.bin: 49,068 bytes"),
     "empty": (lambda d: (d / "data_batch_3.bin").write_bytes(b""), "data_batch_3.bin: 0 bytes"),
     "bad label": (lambda d: set_bytes(d / "data_batch_3.bin",
                                       lambda b: b[:6146] + b"\xc8" + b[6147:]),
@@ -203,20 +175,9 @@ BAD_DATA = {  # how the data is broken: (how to make it so, the words of the err
 def test_bad_data_is_named_and_nothing_is_written(tiny_data, tmp_path, how):
     make, message = BAD_DATA[how]
     make(tiny_data)
-    r = train_cli(tmp_path, tiny_data)
+    r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, cwd=tmp_path)
     assert_one_line_error(r, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
-
-
-def tgz_of(folder, path, member=None):
-    """`folder` as the official archive at `path`, with one extra `member` (name, TarInfo type)."""
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(folder, arcname=cifar.FOLDER)
-        if member:
-            info = tarfile.TarInfo(member[0])
-            info.type, info.linkname = member[1], "/etc/passwd"
-            tar.addfile(info)
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("archive,message", [
