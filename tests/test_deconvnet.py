@@ -87,8 +87,6 @@ def test_project_leaves_the_model_untouched():
     assert all(p.grad is None for p in model.parameters())
 
 
-# --- Does the network look at the object? --------------------------------------------------
-
 @pytest.fixture(scope="module")
 def nets():
     """Trained-looking ResNet-18 and plain-34, in eval mode (seed 1: not reinitialised's)."""

@@ -175,8 +175,9 @@ BAD_DATA = {  # how the data is broken: (how to make it so, the words of the err
 def test_bad_data_is_named_and_nothing_is_written(tiny_data, tmp_path, how):
     make, message = BAD_DATA[how]
     make(tiny_data)
-    r = run_cli("train.py", "--data", tiny_data, "--iters", 5, *TINY, cwd=tmp_path)
-    assert_one_line_error(r, message)
+    for script, flags in (("train.py", ("--data", tiny_data, "--iters", 5, *TINY)),
+                          ("cifar.py", (tiny_data,))):
+        assert_one_line_error(run_cli(script, *flags, cwd=tmp_path), message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
