@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 STAGES = ("conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x")
-WIDTHS = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 8}  # x width: channels
+MULTIPLIERS = {"conv1": 1, "conv2_x": 1, "conv3_x": 2, "conv4_x": 4, "conv5_x": 8}  # x width
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks in conv2_x ... conv5_x (Table 1)
 
 
@@ -77,7 +77,7 @@ def stage(in_channels, out_channels, blocks, stride, plain):
 class ResNet(nn.Module):
     def __init__(self, depth=18, num_classes=10, width=64, plain=False):
         super().__init__()
-        c = {name: k * width for name, k in WIDTHS.items()}  # channels of each stage
+        c = {name: k * width for name, k in MULTIPLIERS.items()}  # channels of each stage
         n2, n3, n4, n5 = BLOCKS[depth]
         self.depth, self.width, self.plain = depth, width, plain
         self.name = f"{'plain' if plain else 'ResNet'}-{depth}, width {width}"  # as He et al.

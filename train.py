@@ -74,7 +74,7 @@ def get_args(argv=None):
                    "evaluations and checkpoints; 0: only at the end (default 1000)")
     r.add_argument("--ckpt", default="run.pt", help="checkpoint to write (default run.pt)")
     r.add_argument("--resume", action="store_true", help="continue the run in --ckpt")
-    r.add_argument("--device", type=device, default="auto",
+    r.add_argument("--device", type=parse_device, default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     r.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast (default off: float32). Faster on GPUs and on CPUs "
@@ -102,7 +102,7 @@ def at_least(low):
     return integer
 
 
-def device(name):
+def parse_device(name):
     """An argparse type: auto (the GPU when there is one), cpu, cuda or cuda:N."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,13 +1,14 @@
 """The study's Figures 1-5 from a checkpoint of train.py: learning curves, conv1 filters, conv1
-and conv5_x maps of a test image, deconvnet reconstructions (Zeiler & Fergus 2014); Figure 6
-compares runs; Figure 7 asks whether the network looks at the object (occlusion, Grad-CAM, the
-randomisation test of Adebayo et al. 2018); `--top9`, Zeiler & Fergus Fig. 2. report.md redoes
-the study for the run: Table 1, each figure with a caption from its numbers, each claim with a
-verdict by the rules below. Figures 3-5 and 7 need test images: --data, else the run's own.
+and conv5_x maps of a test image, deconvnet reconstructions (Zeiler & Fergus 2014); then what the
+study does not have, named for what it shows: the runs compared (`--compare`), whether the
+network looks at the object (occlusion, Grad-CAM, the randomisation test of Adebayo et al. 2018),
+`--top9` (Zeiler & Fergus Fig. 2). report.md redoes the study for the run: Table 1, each figure
+with a caption from its numbers, each claim with a verdict by the rules below. The figures of a
+test image need test images: --data, else the run's own.
 
-    python visualize.py --ckpt run.pt                    # writes figures/fig*.png, report.md
+    python visualize.py --ckpt run.pt                    # writes figures/*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
-    python visualize.py --ckpt run.pt --compare plain.pt # adds fig6_compare.png
+    python visualize.py --ckpt run.pt --compare plain.pt # adds runs_compared.png
 """
 import argparse
 import math
@@ -23,13 +24,19 @@ import torch.nn.functional as F
 import cifar
 import deconvnet
 import train
-from resnet18 import STAGES, WIDTHS
+from resnet18 import MULTIPLIERS, STAGES
 
 matplotlib.use("Agg")  # files only, no window (honoured until the first figure)
 DPI = 100  # pixels per inch of the figures
-FIGURES = ("fig1_learning_curve.png", "fig2_conv1_filters.png", "fig3_conv1_maps.png",
-           "fig4_conv5_maps.png", "fig5_deconvnet.png", "fig6_compare.png", "fig7_localize.png")
-TITLES = tuple(f"Figure {n[3]}: {n[5:-4].replace('_', ' ')}" for n in FIGURES)  # "conv1 maps"
+FIGURES = {  # --figures KEY: (file, title, whether it needs test images)
+    1: ("fig1_learning_curve.png", "Figure 1: learning curves", False),
+    2: ("fig2_conv1_filters.png", "Figure 2: conv1 filters", False),
+    3: ("fig3_conv1_maps.png", "Figure 3: conv1 feature maps", True),
+    4: ("fig4_conv5_maps.png", "Figure 4: conv5 feature maps", True),
+    5: ("fig5_deconvnet.png", "Figure 5: deconvnet reconstructions", True),
+    "compare": ("runs_compared.png", "Beyond the study: the runs compared", False),
+    "localize": ("localize.png", "Beyond the study: does the network look at the object?", True),
+}
 # The rules of the verdicts (`claims`), each tolerance stated once:
 ACC_POINTS = 3.0  # the test accuracy at 10,000 and 50,000 iterations: within 3 points either way
 JUMP = (3.0, 2000)  # across the drop: up by 3 points or more within 2,000 iterations
@@ -48,21 +55,33 @@ def get_args(argv=None):
     p.add_argument("--out", default="figures", help="folder to write to (default figures)")
     p.add_argument("--top9", metavar="LAYER:CHANNEL", help="the 9 test images that most "
                    "activate a channel, e.g. conv5_x:7")
-    p.add_argument("--compare", nargs="+", metavar="CKPT", default=[], help="runs for Figure 6")
-    p.add_argument("--figures", type=int, nargs="+", choices=range(1, 8), metavar="K",
-                   default=list(range(1, 8)), help="figures to draw (default all; 6: --compare)")
+    p.add_argument("--compare", nargs="+", metavar="CKPT", default=[],
+                   help="runs to draw beside this one (the figure `compare`)")
+    p.add_argument("--figures", type=figure_key, nargs="+", metavar="KEY", default=list(FIGURES),
+                   help="figures to draw: the study's 1 to 5, and by name compare (with "
+                        "--compare) and localize (default all)")
     p.add_argument("--sanity", type=int, default=0, metavar="N", help="the randomisation test "
                    "on the first N test images of each class (default 0: none)")
-    p.add_argument("--device", type=train.device, default="auto", help="cpu or cuda[:N] (auto)")
+    p.add_argument("--device", type=train.parse_device, default="auto",
+                   help="cpu or cuda[:N] (default auto: the GPU if there is one)")
     return p.parse_args(argv)
+
+
+def figure_key(text):
+    """An argparse type: one of the study's figures by its number, or another by its name."""
+    key = int(text) if text.isdigit() else text
+    if key not in FIGURES:
+        raise argparse.ArgumentTypeError(f"{text}: not one of {', '.join(map(str, FIGURES))}")
+    return key
 
 
 def parse_top9(spec, width):
     """'conv5_x:7' -> ('conv5_x', 7), a channel of the run's network."""
     layer, _, channel = spec.partition(":")
-    if layer not in STAGES or not channel.isdigit() or int(channel) >= WIDTHS[layer] * width:
+    channels = {s: MULTIPLIERS[s] * width for s in STAGES}
+    if layer not in STAGES or not channel.isdigit() or int(channel) >= channels[layer]:
         raise ValueError(f"--top9 {spec}: expected LAYER:CHANNEL, with LAYER one of {STAGES} "
-                         f"and CHANNEL below its channels, {[WIDTHS[s] * width for s in STAGES]}")
+                         f"and CHANNEL below its channels, {list(channels.values())}")
     return layer, int(channel)
 
 
@@ -111,8 +130,9 @@ def save(fig, path):
     print(f"wrote {path}")
 
 
-def curves(runs, title):
-    """Loss and accuracy against iterations of runs [(label, history, marker)]: (figure, axes)."""
+def curves(runs, title, drops, path):
+    """Loss and accuracy against iterations of runs [(label, history, marker)], the study's test
+    accuracy at its Table 1 columns, and a line at each drop."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (label, history, marker), colour in zip(runs, colours * len(runs)):
@@ -122,24 +142,44 @@ def curves(runs, title):
                     ms=3, label=f"{label}train (no augmentation)")
             ax.plot(it, [h[f"test_{key}"] for h in history], "-" + marker, color=colour, ms=3,
                     label=f"{label}test")
+    last = max(h["iteration"] for _, history, _ in runs for h in history)
+    study = [(i, a) for i, a in train.TEST_ACC.items() if i <= last]
+    if study:
+        axes[1].plot(*zip(*study), "k*", ms=10, label="study, test (its Table 1 columns)")
     for ax, name in zip(axes, ("Cross-entropy loss", "Accuracy (%)")):
-        ax.set(xlabel="iteration", title=name)
-    fig.suptitle(title)
-    return fig, axes
-
-
-def fig1_learning_curve(history, run, name, path):
-    it = history[-1]["iteration"]
-    fig, axes = curves([("", history, "o")], f"{name}, batch {run['batch']}, evaluated to "
-                                             f"iteration {it:,} of {run['iters']:,}")
-    studys = [(i, a) for i, a in train.TEST_ACC.items() if i <= it]
-    if studys:
-        axes[1].plot(*zip(*studys), "k*", ms=10, label="study, test (its Table 1 columns)")
-    for ax in axes:
-        for d in (d for d in train.schedule(run["iters"], run["lr_drops"]) if d <= it):
+        for d in (d for d in drops if d <= last):
             ax.axvline(d, color="red", ls="--", lw=1, label=f"lr / 10 at {d:,}")
-        ax.legend(fontsize=8)
+        ax.set(xlabel="iteration", title=name)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     save(fig, path)
+
+
+def learning_curves(history, run, name, path):
+    """The study's Figure 1; returns its caption."""
+    curves([("", history, "o")], f"{name}, batch {run['batch']}, evaluated to iteration "
+                                 f"{history[-1]['iteration']:,} of {run['iters']:,}",
+           train.schedule(run["iters"], run["lr_drops"]), path)
+    return f"Test accuracy around the drop: {jump(history, run)[1]}; test loss after it: " \
+           f"{late_rise(history, run)[1]}."
+
+
+def runs_compared(paths, runs, path):
+    """This run beside the --compare runs, [(checkpoint, network)]; returns the caption."""
+    names = [f"{m.name} ({p.name})" for p, (_, m) in zip(paths, runs)]
+    run = runs[0][0]["args"]
+    curves([(f"{n}, ", c["history"], "") for n, (c, _) in zip(names, runs)], "Learning curves: "
+           "train (no augmentation) dashed, test solid", train.schedule(run["iters"],
+                                                                        run["lr_drops"]), path)
+    return f"The learning curves of {', '.join(names)}, with the study's test accuracy."
+
+
+def conv1_filters(model, path):
+    """The study's Figure 2; returns its caption."""
+    panels([[(filter_grid(model.conv1[0].weight), "")]], f"The {model.width} conv1 filters "
+           f"(3 x 3 RGB; grey = 0)", path, size=6)
+    return f"The {model.width} conv1 filters, 3 x 3 RGB each, each scaled to its own largest " \
+           f"weight; grey is 0."
 
 
 def feature_maps(x, maps, label, layer, path):
@@ -174,7 +214,7 @@ def panels(rows, title, path, size=2):
     save(fig, path)
 
 
-def fig5_deconvnet(model, x, feats, path):
+def deconvnet_figure(model, x, feats, path):
     """The study's Figure 5, from whole layers; below, the most active channels one by one."""
     image, layers = show(x)[0], (("conv1", False), ("conv5_x", False), ("conv5_x", True))
     rows = [[(image, "the image")] + [(contrast(deconvnet.project(model, x, layer, guided=g))[0],
@@ -213,10 +253,10 @@ def top9(model, test_x, test_y, layer, channel, path):
            f"(contrast-enhanced, grey = 0)", path)
 
 
-def fig7_localize(model, test_x, test_y, index, path):
+def localize(model, test_x, test_y, index, path):
     """Rows: the --image, the same on random weights, the first test image of three other
     classes. Columns: the image, occlusion of its class, Grad-CAM, the guided projection.
-    Returns the --image's maps on the trained network."""
+    Returns the --image's lowest P(its class) under the square, on the trained network."""
     others = [int(np.flatnonzero(test_y == c)[0]) for c in range(10)
               if c != test_y[index] and (test_y == c).any()]
     rows = [(model, index, "trained"), (deconvnet.reinitialised(model), index, "random weights")]
@@ -224,11 +264,11 @@ def fig7_localize(model, test_x, test_y, index, path):
     titles = ["the image", "P(its class) with an 8 x 8\ngrey square there", "Grad-CAM at conv5_x,"
               "\nas a share of its largest", "guided projection from\nall of conv5_x (grey 0)"]
     fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.3 * len(rows)), layout="constrained")
-    found = []
+    lowest = []
     for (net, i, kind), row in zip(rows, axes):
         x = cifar.normalize(test_x[i:i + 1])
         m = deconvnet.maps(net, x, int(test_y[i]))
-        found.append(m)
+        lowest.append(m["occlusion"].min().item())
         cam = F.interpolate(m["gradcam"][None, None], size=(32, 32), mode="bilinear")[0, 0]
         shown = [show(x)[0], m["occlusion"], cam / cam.max().clamp(min=1e-12),
                  contrast(m["guided"])[0]]
@@ -238,18 +278,18 @@ def fig7_localize(model, test_x, test_y, index, path):
         name = cifar.CLASSES[test_y[i]]
         row[0].set_ylabel(f"test image {i} ({name}),\n{kind}:\nP({name}) = {m['prob']:.2f}",
                           fontsize=8)
-        row[1].set_xlabel(f"lowest {m['occlusion'].min():.2f}", fontsize=8)
+        row[1].set_xlabel(f"lowest {lowest[-1]:.2f}", fontsize=8)
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=8)
     fig.colorbar(bar, ax=axes[:, 1:3], shrink=0.5, label="columns 2 and 3: 0 (dark) to 1")
     fig.suptitle("Does the network look at the object? Occlusion (Zeiler & Fergus §4.2), "
                  "Grad-CAM, guided projection;\nrow 2: random weights (Adebayo et al. 2018)")
     save(fig, path)
-    return found[0]
+    return lowest[0]
 
 
-def report(ckpt, model, drawn, facts, path):
-    """report.md, the study redone for this run; drawn: {file: (title, caption)} of its figures."""
+def report(ckpt, model, sections, facts, path):
+    """report.md, the study redone for this run; sections: [(title, file or None, caption)]."""
     run = ckpt["args"]
     prov = {k: "not recorded" for k in ("device", "torch", "source")} | ckpt.get("provenance", {})
     hours = f"{prov['seconds'] / 3600:.2f} h" if "seconds" in prov else "not recorded"
@@ -263,11 +303,11 @@ def report(ckpt, model, drawn, facts, path):
              f"| Training time, summed over resumes | {hours} |",
              f"| Source: sha256 of resnet18.py, cifar.py, train.py | {prov['source']} |", "",
              "## Table 1", "", train.table(ckpt["history"]), "", studys_train_measure(ckpt), ""]
-    for name, (title, words) in sorted(drawn.items()):
+    for title, file, caption in sections:
         lines += [f"## {title}", ""]
-        if name.endswith(".png"):  # "fig6" alone is a note: Figure 6 was not drawn
-            lines += [f"![{title}]({name})", ""]
-        lines += [words, ""]
+        if file:
+            lines += [f"![{title}]({file})", ""]
+        lines += [caption, ""]
     lines += ["## The study's claims, checked", "", "*Not measured*: this run cannot test the "
               "claim (the reason follows); *does not hold*: it was tested, and failed.", "",
               "| Claim | This run | Verdict |", "|---|---|---|"]
@@ -292,65 +332,91 @@ def studys_train_measure(ckpt):
             + ("." if recorded else ", which this run, made before it was recorded, lacks."))
 
 
-def claims(history, run, blank=None, located=None):
-    """The study's claims checked on this run: [(claim, evidence, True, False, or why the run
-    cannot test it)]. blank: (blank maps, maps) of conv5_x in Figure 4; located: (lowest
-    occluded P(class), P(class), the occlusion map's rho in the randomisation test)."""
-    at, rows = {h["iteration"]: h for h in history}, []
-    for it in (10000, train.ITERS):
-        claim = f"test accuracy {train.TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})"
-        if it not in at:
-            rows.append((claim, "-", f"the run has no evaluation at {it:,}"))
-        elif (run.get("depth", 18), run["width"], run.get("plain", False)) != (18, 64, False):
-            rows.append((claim, f"{at[it]['test_acc']:.2f} %", "the network is not the "
-                         "study's ResNet-18 at width 64"))
-        else:
-            rows.append((claim, f"{at[it]['test_acc']:.2f} %",
-                         abs(at[it]["test_acc"] - train.TEST_ACC[it]) <= ACC_POINTS))
+# The study's claims, one function each: (claim, evidence, True, False, or why the run cannot
+# test it).
+
+def accuracy(history, run, it):
+    """The study's test accuracy at iteration `it`, within ACC_POINTS."""
+    claim = f"test accuracy {train.TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})"
+    row = next((h for h in history if h["iteration"] == it), None)
+    if row is None:
+        return claim, "-", f"the run has no evaluation at {it:,}"
+    if (run.get("depth", 18), run["width"], run.get("plain", False)) != (18, 64, False):
+        return claim, f"{row['test_acc']:.2f} %", "the network is not the study's ResNet-18 at " \
+                                                   "width 64"
+    return claim, f"{row['test_acc']:.2f} %", abs(row["test_acc"] - train.TEST_ACC[it]) <= \
+        ACC_POINTS
+
+
+def after_drop(history, run):
+    """The evaluations after the first drop of the learning rate."""
     drops = train.schedule(run["iters"], run["lr_drops"])
-    after = [h for h in history if drops and h["iteration"] > drops[0]]
-    before = [h for h in history if after and h["iteration"] < after[0]["iteration"]]
+    return [h for h in history if drops and h["iteration"] > drops[0]]
+
+
+def jump(history, run):
+    """The test accuracy jumps across the drop: the evaluations either side of it."""
     claim = f"test accuracy jumps at the drop (by {JUMP[0]:g} points or more)"
+    after = after_drop(history, run)
+    before = [h for h in history if after and h["iteration"] < after[0]["iteration"]]
     if not before or after[0]["iteration"] - before[-1]["iteration"] > JUMP[1]:
-        rows.append((claim, "-", "the run has no evaluations either side of a drop"))
-    else:
-        a, b = before[-1], after[0]
-        rows.append((claim, f"{a['test_acc']:.2f} % at {a['iteration']:,}, {b['test_acc']:.2f} "
-                     f"% at {b['iteration']:,}", b["test_acc"] - a["test_acc"] >= JUMP[0]))
+        return claim, "-", "the run has no evaluations either side of a drop"
+    a, b = before[-1], after[0]
+    return claim, f"{a['test_acc']:.2f} % at {a['iteration']:,}, {b['test_acc']:.2f} % at " \
+                  f"{b['iteration']:,}", b["test_acc"] - a["test_acc"] >= JUMP[0]
+
+
+def late_rise(history, run):
+    """The test loss rises late: the last after the drop against the lowest."""
     claim = f"the test loss rises late (the last at least {RISE:.0%} above its lowest after it)"
+    after = after_drop(history, run)
     if len(after) < 3:
-        rows.append((claim, "-", "fewer than three evaluations after a drop"))
-    else:
-        low, last = min(after, key=lambda h: h["test_loss"]), after[-1]
-        rows.append((claim, f"lowest {low['test_loss']:.4f} at {low['iteration']:,}, last "
-                     f"{last['test_loss']:.4f} at {last['iteration']:,}",
-                     last["test_loss"] >= (1 + RISE) * low["test_loss"]))
-    done, study = max(at, default=0), train.STUDY_TRAIN_IMAGES
-    for key, on in (("train_acc", "all training images, no augmentation"),
-                    ("step_acc", f"the last {study} training images, the study's measure")):
-        claim = f"train accuracy reaches 100 % (at least {TRAIN_ALL} %), on {on}"
-        if done < train.ITERS:
-            rows.append((claim, "-", f"the run is shorter ({done:,} of {train.ITERS:,} "
-                                     f"iterations)"))
-        elif key not in at[done]:
-            rows.append((claim, "-", "the run was made before this measure was recorded"))
-        else:
-            rows.append((claim, f"{at[done][key]:.2f} % at {done:,}",
-                         at[done][key] >= TRAIN_ALL))
+        return claim, "-", "fewer than three evaluations after a drop"
+    low, last = min(after, key=lambda h: h["test_loss"]), after[-1]
+    return claim, f"lowest {low['test_loss']:.4f} at {low['iteration']:,}, last " \
+                  f"{last['test_loss']:.4f} at {last['iteration']:,}", \
+        last["test_loss"] >= (1 + RISE) * low["test_loss"]
+
+
+def train_all(history, key, on):
+    """Train accuracy reaches 100 % at the end, measured as `key` of the history."""
+    claim = f"train accuracy reaches 100 % (at least {TRAIN_ALL} %), on {on}"
+    last = history[-1] if history else {"iteration": 0}
+    if last["iteration"] < train.ITERS:
+        return claim, "-", f"the run is shorter ({last['iteration']:,} of {train.ITERS:,} " \
+                           f"iterations)"
+    if key not in last:
+        return claim, "-", "the run was made before this measure was recorded"
+    return claim, f"{last[key]:.2f} % at {last['iteration']:,}", last[key] >= TRAIN_ALL
+
+
+def blank_maps(blank):
+    """Many conv5 maps are blank; blank: (blank maps, maps) of conv5_x in Figure 4."""
     claim = f"many conv5 maps are blank (at least {BLANK_SHARE:.0%})"
     if blank is None:
-        rows.append((claim, "-", "no test image, so no Figure 4"))
-    else:
-        rows.append((claim, f"{blank[0]} of {blank[1]}", blank[0] >= BLANK_SHARE * blank[1]))
+        return claim, "-", "no test image, so no Figure 4"
+    return claim, f"{blank[0]} of {blank[1]}", blank[0] >= BLANK_SHARE * blank[1]
+
+
+def localised(located):
+    """conv5 localises the object; located: (lowest occluded P(class), P(class), the occlusion
+    map's rho in the randomisation test)."""
     claim = f"conv5 localises the object (occlusion takes P(class) below {OCCLUDED:g} of " \
             f"itself, and its map passes the randomisation test: rho below {RHO:g})"
     if located is None:
-        rows.append((claim, "-", "the randomisation test was not asked for (--sanity N)"))
-    else:
-        lowest, prob, rho = located
-        rows.append((claim, f"P {prob:.2f}, lowest {lowest:.2f}; rho {rho:.2f}",
-                     lowest < OCCLUDED * prob and rho < RHO))
-    return rows
+        return claim, "-", "the randomisation test was not asked for (--sanity N)"
+    lowest, prob, rho = located
+    return claim, f"P {prob:.2f}, lowest {lowest:.2f}; rho {rho:.2f}", \
+        lowest < OCCLUDED * prob and rho < RHO
+
+
+def claims(history, run, blank=None, located=None):
+    """The study's claims checked on this run, in its order."""
+    study = f"the last {train.STUDY_TRAIN_IMAGES} training images, the study's measure"
+    return [accuracy(history, run, 10000), accuracy(history, run, train.ITERS),
+            jump(history, run), late_rise(history, run),
+            train_all(history, "train_acc", "all training images, no augmentation"),
+            train_all(history, "step_acc", study), blank_maps(blank), localised(located)]
 
 
 def verdict(value):
@@ -361,7 +427,8 @@ def verdict(value):
 
 
 def test_images(args, ckpt):
-    """(folder, test images uint8, labels) for Figures 3-5 and 7; (None, None, None) if none."""
+    """(folder, test images uint8, labels) for the figures of a test image; (None, None, None)
+    if there are none."""
     data = args.data or ckpt["args"]["data"]  # else the run's own folder, if still there
     if not args.data and not (cifar.find_folder(data) / cifar.TEST_FILES[0]).exists():
         return None, None, None
@@ -374,34 +441,35 @@ def test_images(args, ckpt):
     return data, torch.as_tensor(test_x), test_y
 
 
-def image_figures(model, args, test_x, test_y, out, drawn):
-    """Figures 3-5, 7, --top9 and --sanity, added to `drawn`; returns what the claims need."""
-    want, index, spec = set(args.figures), args.image, args.top9
+def image_figures(model, args, test_x, test_y, out):
+    """The figures of the --image, --top9 and --sanity: ({figure: caption}, what the claims
+    need). test_x: the uint8 test images, on the model's device."""
+    want, index = set(args.figures), args.image
     x = cifar.normalize(test_x[index:index + 1])  # (1, 3, 32, 32)
     with torch.no_grad():
         feats = model.features(x)
         prob = model(x).softmax(1)[0, test_y[index]].item()
-    name, facts = cifar.CLASSES[test_y[index]], {}
-    label, image = f"test image {index} ({name})", f"test image {index} ({name}, P = {prob:.2f})"
+    name, captions, facts = cifar.CLASSES[test_y[index]], {}, {}
+    image = f"test image {index} ({name}, P = {prob:.2f})"
     for k, layer in ((3, "conv1"), (4, "conv5_x")):
         if k in want:
-            n = feature_maps(x, feats[layer][0], label, layer, out / FIGURES[k - 1])
-            facts[layer] = n, len(feats[layer][0])  # blank maps, maps
-            drawn[FIGURES[k - 1]] = TITLES[k - 1], f"{n} of the {len(feats[layer][0])} {layer} " \
-                                                   f"maps of {image} are blank (zero everywhere)."
+            maps = feats[layer][0]
+            n = feature_maps(x, maps, f"test image {index} ({name})", layer, out / FIGURES[k][0])
+            facts[layer] = n, len(maps)  # blank maps, maps
+            captions[k] = f"{n} of the {len(maps)} {layer} maps of {image} are blank (zero " \
+                          f"everywhere)."
     if 5 in want:
-        fig5_deconvnet(model, x, feats, out / FIGURES[4])
-        drawn[FIGURES[4]] = TITLES[4], f"The deconvnet reconstructions of {image}."
-    if spec:
-        top = f"top9_{spec[0]}_{spec[1]}.png"
-        top9(model, test_x, test_y, *spec, out / top)
-        drawn[top] = f"The top 9 of {spec[0]} channel {spec[1]}", "The nine test images that " \
-            "most activate it, the part of each that its strongest activation sees, and each " \
-            "one's guided projection (Zeiler & Fergus Figure 2)."
-    if 7 in want:
-        lowest = fig7_localize(model, test_x, test_y, index, out / FIGURES[6])["occlusion"].min()
-        drawn[FIGURES[6]] = TITLES[6], f"For {image}, an 8 x 8 grey square over the image " \
-                                       f"lowers P({name}) to {lowest:.2f} at the lowest."
+        deconvnet_figure(model, x, feats, out / FIGURES[5][0])
+        captions[5] = f"The deconvnet reconstructions of {image}."
+    if "localize" in want:
+        lowest = localize(model, test_x, test_y, index, out / FIGURES["localize"][0])
+        captions["localize"] = f"For {image}, an 8 x 8 grey square over the image lowers " \
+                               f"P({name}) to {lowest:.2f} at the lowest."
+    if args.top9:
+        top9(model, test_x, test_y, *args.top9, out / "top9_{}_{}.png".format(*args.top9))
+        captions["top9"] = "The nine test images that most activate it, the part of each that " \
+            "its strongest activation sees, and each one's guided projection (Zeiler & Fergus " \
+            "Figure 2)."
     if args.sanity:
         picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
         rho = deconvnet.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
@@ -412,21 +480,22 @@ def image_figures(model, args, test_x, test_y, out, drawn):
                            "|---|---:|---:|"] + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |"
                                                  for k, (m, s, n) in rho.items()])
         print(table)
-        if 7 in want:
-            drawn[FIGURES[6]] = TITLES[6], drawn[FIGURES[6]][1] + "\n\n" + table
-            facts["located"] = (lowest.item(), prob, rho["occlusion"][0])
-    return facts
+        if "localize" in want:
+            captions["localize"] += "\n\n" + table
+            facts["located"] = (lowest, prob, rho["occlusion"][0])
+    return captions, facts
 
 
 def main(argv=None):
     args = get_args(argv)
     paths = [Path(args.ckpt), *map(Path, args.compare)]
-    (ckpt, model), *others = [train.load(p) for p in paths]
-    run, history, want = ckpt["args"], ckpt["history"], set(args.figures)
+    runs = [train.load(p) for p in paths]  # [(checkpoint, network)]
+    (ckpt, model), run, want = runs[0], runs[0][0]["args"], set(args.figures)
     args.data, test_x, test_y = test_images(args, ckpt)
-    if args.data is None and (want & {3, 4, 5, 7} or args.top9 or args.sanity):
-        raise ValueError(f"Figures 3-5 and 7, --top9 and --sanity need test images, and the "
-                         f"run's folder {run['data']} has none: pass --data, or --figures 1 2")
+    if args.data is None and (any(FIGURES[k][2] for k in want) or args.top9 or args.sanity):
+        raise ValueError(f"the figures of a test image, --top9 and --sanity need test images, "
+                         f"and the run's folder {run['data']} has none: pass --data, or "
+                         f"--figures 1 2 compare")
     if args.top9:  # the flags, checked against the run before any figure
         args.top9 = parse_top9(args.top9, model.width)
     if args.data is not None:
@@ -434,32 +503,23 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.to(args.device, memory_format=torch.channels_last)
-    print(f"Table 1 of this run, beside the study's:\n{train.table(history)}")
-    drawn, facts = {}, {"images": args.data or "none"}  # for the report
-    if history and 1 in want:
-        fig1_learning_curve(history, run, model.name, out / FIGURES[0])
-        jump, rise = claims(history, run)[2:4]  # their evidence, in words
-        drawn[FIGURES[0]] = TITLES[0], f"Test accuracy around the drop: {jump[1]}; test loss " \
-                                       f"after it: {rise[1]}."
+    print(f"Table 1 of this run, beside the study's:\n{train.table(ckpt['history'])}")
+    captions, facts = {}, {}
+    if ckpt["history"] and 1 in want:
+        captions[1] = learning_curves(ckpt["history"], run, model.name, out / FIGURES[1][0])
     if 2 in want:
-        panels([[(filter_grid(model.conv1[0].weight), "")]], f"The {model.width} conv1 filters "
-               f"(3 x 3 RGB; grey = 0)", out / FIGURES[1], size=6)
-        drawn[FIGURES[1]] = TITLES[1], f"The {model.width} conv1 filters, 3 x 3 RGB each, each " \
-                                       f"scaled to its own largest weight; grey is 0."
-    if args.compare and 6 in want:
-        runs = [(ckpt, model), *others]
-        names = [f"{m.name} ({p.name})" for p, (_, m) in zip(paths, runs)]
-        fig, axes = curves([(f"{n}, ", c["history"], "") for n, (c, _) in zip(names, runs)],
-                           "Learning curves: train (no augmentation) dashed, test solid")
-        for ax in axes:
-            ax.legend(fontsize=7)
-        save(fig, out / FIGURES[5])
-        drawn[FIGURES[5]] = TITLES[5], f"The learning curves of {', '.join(names)}."
-    else:
-        drawn["fig6"] = TITLES[5], "Not drawn: Figure 6 sets this run beside others (--compare)."
+        captions[2] = conv1_filters(model, out / FIGURES[2][0])
+    if args.compare and "compare" in want:
+        captions["compare"] = runs_compared(paths, runs, out / FIGURES["compare"][0])
     if args.data is not None:
-        facts.update(image_figures(model, args, test_x.to(args.device), test_y, out, drawn))
-    report(ckpt, model, drawn, facts, out / "report.md")
+        more, facts = image_figures(model, args, test_x.to(args.device), test_y, out)
+        captions.update(more)
+    sections = [(title, file, captions[k]) for k, (file, title, _) in FIGURES.items()
+                if k in captions]
+    if args.top9:
+        sections.append(("The top 9 of {} channel {}".format(*args.top9),
+                         "top9_{}_{}.png".format(*args.top9), captions["top9"]))
+    report(ckpt, model, sections, {"images": args.data or "none", **facts}, out / "report.md")
     return 0
 
 

@@ -212,7 +212,7 @@ def test_visualize_warns_of_other_test_images_and_refuses_figures_without_any(go
     ckpt = torch.load(good_run / "run.pt", weights_only=True)
     ckpt["args"]["data"] = str(tmp_path / "gone")
     torch.save(ckpt, tmp_path / "moved.pt")
-    r = run_cli("visualize.py", "--ckpt", "moved.pt", "--out", "figs", "--figures", 7,
+    r = run_cli("visualize.py", "--ckpt", "moved.pt", "--out", "figs", "--figures", "localize",
                 cwd=tmp_path)
     assert_one_line_error(r, "need test images", "has none: pass --data")
     r = run_cli("visualize.py", "--ckpt", "moved.pt", "--out", "figs", "--figures", 1, 2,

@@ -56,7 +56,7 @@ def timed(fn, steps, device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", type=train.device, default="auto",
+    p.add_argument("--device", type=train.parse_device, default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     p.add_argument("--width", type=int, default=64, help="model width (default 64, the study)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32, the study)")
