@@ -8,8 +8,9 @@ Perspective of Experimental Results and Analysis", §2), and print its Table 1.
 The study: SGD with momentum 0.9 and weight decay 0.0002, batch 32, learning rate 0.1 divided
 by 10 at iteration 32,000, 50,000 iterations (He et al. 2016 §4.2 divide again at 48,000:
 `--lr-drops 32000 48000`). In that order: the flags, `lr_at`, the SGD update by hand, a step,
-evaluation, the loop, Table 1; then the checkpoint: an atomic save, a safe load, a resume.
-Ctrl-C stops the loop between two steps, saves, and prints the command that continues it.
+evaluation, `main`, the loop, Table 1; then where a run starts, and the checkpoint: an atomic
+save, a safe load. Ctrl-C stops the loop between two steps, saves, and prints the command that
+continues it.
 """
 import argparse
 import hashlib
@@ -39,11 +40,11 @@ TRAIN_SUBSET = 10000  # images on which train accuracy is measured between Table
 STUDY_TRAIN_IMAGES = 128
 SETTINGS = ("iters", "batch", "lr", "momentum", "wd", "lr_drops", "depth", "plain", "width",
             "seed", "eval_every", "amp", "data")  # what a checkpoint keeps of its run
-AHEAD = {"iters", "lr_drops", "data"}  # what a resume may change (data: the same images)
+RESUME_MAY_CHANGE = ("iters", "lr_drops", "data")  # data: the same images, elsewhere
 
 
-def get_args(argv=None):
-    """(settings, the names of the settings typed on the command line): the study's defaults."""
+def get_args(argv=None, run=None):
+    """The flags, with the study's settings as defaults; resuming, the run's own (`run`)."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("the study's SGD and schedule (its §2)")
@@ -73,7 +74,8 @@ def get_args(argv=None):
     r.add_argument("--eval-every", type=at_least(0), default=1000, help="iterations between "
                    "evaluations and checkpoints; 0: only at the end (default 1000)")
     r.add_argument("--ckpt", default="run.pt", help="checkpoint to write (default run.pt)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --ckpt")
+    r.add_argument("--resume", action="store_true", help="continue the run in --ckpt, with its "
+                   "settings (of which --iters, --lr-drops and --data may change)")
     r.add_argument("--device", type=parse_device, default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
     r.add_argument("--amp", action="store_true",
@@ -82,15 +84,14 @@ def get_args(argv=None):
                         "slower on other CPUs")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile the model (on CUDA: mode reduce-overhead, CUDA graphs)")
-    # Settings start unset, so that argparse fills in a default only where no flag was given.
-    args = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(SETTINGS)))
-    given = {k for k in SETTINGS if getattr(args, k) is not None}
-    for k in set(SETTINGS) - given:
-        setattr(args, k, p.get_default(k))
+    if run:
+        p.set_defaults(**{k: run[k] for k in SETTINGS})
+    args = p.parse_args(argv)
     if not (args.lr > 0 and 0 <= args.momentum < 1 and args.wd >= 0):
         p.error(f"--lr {args.lr} must be above 0, --momentum {args.momentum} from 0 to below 1, "
                 f"--wd {args.wd} at least 0")
-    return args, given
+    args.data = os.path.abspath(args.data)  # so that visualize.py finds it from anywhere
+    return args
 
 
 def at_least(low):
@@ -133,7 +134,8 @@ def sgd_step(params, bufs, lr, momentum, wd):
         d = g + wd * p            # weight decay, folded into the gradient, on every parameter
         buf = momentum * buf + d
         p = p - lr * buf
-    Each line below does that for all parameters at once (one multi-tensor kernel per line).
+    Each line below does that for all parameters at once: one kernel launch per line instead of
+    one per parameter, which on a GPU is most of a small network's step time.
     """
     grads = [p.grad for p in params]
     torch._foreach_add_(grads, params, alpha=wd)
@@ -172,118 +174,105 @@ def evaluate(model, images, labels, amp=False, batch=1000):
 
 
 def main(argv=None):
-    args, given = get_args(argv)
-    path, ckpt = Path(args.ckpt), None
-    if args.resume:
-        ckpt, model = load(path)
-        resume(args, given, ckpt, path)
-    elif path.exists():
-        raise ValueError(f"{path} exists: continue it with `{command(path)}`, or pick another "
-                         f"--ckpt")
-    elif not path.parent.is_dir():
-        raise ValueError(f"--ckpt {path}: the folder {path.parent} does not exist")
-    args.data = os.path.abspath(args.data)  # so that visualize.py finds it from anywhere
-    exact(args.device)
+    args, start = starting_point(argv)  # a new run, or the one in --ckpt
+    deterministic_cuda(args.device)
     print(f"reading CIFAR-10 from {args.data}", flush=True)
     train_x, train_y, test_x, test_y = cifar.load_or_download(args.data, not args.no_download)
-    data = {"data_fingerprint": f"{len(train_y)} train / {len(test_y)} test images, sha256 "
-                                f"{cifar.fingerprint(train_x, train_y, test_x, test_y)}",
-            "test_fingerprint": cifar.fingerprint(test_x, test_y)}
-    if ckpt and ckpt["data_fingerprint"] != data["data_fingerprint"]:
-        raise ValueError(f"{path} was trained on other data ({ckpt['data_fingerprint']}) than "
-                         f"--data {args.data} ({data['data_fingerprint']})")
+    data = f"{len(train_y)} train / {len(test_y)} test images, sha256 " \
+           f"{cifar.fingerprint(train_x, train_y, test_x, test_y)}"
+    if start["data_fingerprint"] not in (None, data):
+        raise ValueError(f"{args.ckpt} was trained on other data ({start['data_fingerprint']}) "
+                         f"than --data {args.data} ({data})")
     loader = cifar.Loader(train_x, train_y, args.batch, args.device, seed=args.seed)
-    test = torch.as_tensor(test_x).to(args.device), torch.as_tensor(test_y).to(args.device)
-    if ckpt:
-        loader.load_state_dict(ckpt["loader"])
-        model.train()  # load() gives it in eval mode
-    else:
-        torch.manual_seed(args.seed)
-        model = ResNet(args.depth, width=args.width, plain=args.plain)
-    model.to(args.device, memory_format=torch.channels_last)  # the fast layout for convolutions
+    if start["loader"]:
+        loader.load_state_dict(start["loader"])
+    model = start["model"].to(args.device, memory_format=torch.channels_last).train()
     bufs = [torch.zeros_like(p) for p in model.parameters()]  # momentum: zero at the start
-    for b, saved in zip(bufs, ckpt["momentum"] if ckpt else []):
-        b.copy_(saved)
-    return loop(args, path, model, bufs, loader, test, data, ckpt)
-
-
-def loop(args, path, model, bufs, loader, test, data, ckpt):
-    """The training loop: a step per iteration, a log line every LOG_EVERY, an evaluation and a
-    checkpoint every --eval-every and at the end. Ctrl-C or SIGTERM stop it between two steps."""
-    params, drops = list(model.parameters()), schedule(args.iters, args.lr_drops)
+    for buf, saved in zip(bufs, start["momentum"]):
+        buf.copy_(saved)
+    run = {"args": {k: getattr(args, k) for k in SETTINGS}, "data_fingerprint": data,
+           "test_fingerprint": cifar.fingerprint(test_x, test_y)}  # what the checkpoint keeps
+    test_images = torch.as_tensor(test_x).to(args.device), torch.as_tensor(test_y).to(args.device)
     step_model = compiled(model, args.device) if args.compile else model
-    # recent: whether each of the last STUDY_TRAIN_IMAGES training images since the last
-    # evaluation was classified right by its step (a run saved before it was kept: none)
-    start, history, recent = 0, [], torch.zeros(0, dtype=torch.bool, device=args.device)
-    if ckpt:
-        start, history, recent = ckpt["iteration"], ckpt["history"], ckpt.get("recent", recent)
-    recent = recent.to(args.device)
-    saved_at = ckpt["iteration"] if ckpt else None  # the iteration the file holds
-    before = ckpt.get("provenance", {}).get("seconds", 0.0) if ckpt else 0.0
-    print(f"{model.name}: {sum(p.numel() for p in params):,} parameters on {args.device}; "
-          f"data: {data['data_fingerprint']}; iterations {start:,} -> {args.iters:,}; learning "
-          f"rate {args.lr:g}, divided by 10 at: {', '.join(f'{d:,}' for d in drops) or 'none'}",
+    return train(model, step_model, bufs, loader, test_images, start, run, Path(args.ckpt))
+
+
+def train(model, step_model, bufs, loader, test_images, start, run, path):
+    """The study's loop from `start`: a step per iteration, a log line every LOG_EVERY, an
+    evaluation and a checkpoint every --eval-every and at the end, then Table 1. Ctrl-C and
+    SIGTERM stop it between two steps, with a checkpoint. run: the settings and the data."""
+    s, params, device = run["args"], list(model.parameters()), bufs[0].device
+    drops, it, history = schedule(s["iters"], s["lr_drops"]), start["iteration"], start["history"]
+    recent = start["recent"].to(device)  # right or not, each of the last training images
+    print(f"{model.name}: {sum(p.numel() for p in params):,} parameters on {device}; data: "
+          f"{run['data_fingerprint']}; iterations {it:,} -> {s['iters']:,}; learning rate "
+          f"{s['lr']:g}, divided by 10 at: {', '.join(f'{d:,}' for d in drops) or 'none'}",
           flush=True)
-    it, n_sum, t0 = start, 0, time.time()
-    loss_sum, correct_sum = torch.zeros((), device=args.device), torch.zeros((), device=args.device)
-    t_log, stopped = t0, []
-
-    def state():
-        return {"model": model.state_dict(), "momentum": bufs, "loader": loader.state_dict(),
-                "iteration": it, "history": history, "recent": recent, **data,
-                "args": {k: getattr(args, k) for k in SETTINGS},
-                "provenance": provenance(args.device, before + time.time() - t0)}
-
-    handlers = {s: signal.signal(s, lambda signum, frame: stopped.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    first, t0, t_log, steps, stop = it, time.time(), time.time(), [], Stop()
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while it < args.iters and not stopped:
-            lr = lr_at(it, args.lr, drops)
+        while it < s["iters"] and not stop.signal:
+            lr = lr_at(it, s["lr"], drops)
             x, y = next(loader)
-            step = train_step(step_model, params, bufs, x, y, lr, args.momentum, args.wd,
-                              args.amp)
-            loss_sum += step["loss"]
-            correct_sum += step["correct"].sum()
-            recent = torch.cat([recent, step["correct"]])[-STUDY_TRAIN_IMAGES:]
-            n_sum, it = n_sum + 1, it + 1  # `it`: iterations done
-            if it % LOG_EVERY == 0 or it == start + 10:
-                now = time.time()
-                left = (now - t0) / (it - start) * (args.iters - it)  # s, at the pace so far
-                h, m = divmod(round(left / 60), 60)
-                print(f"it {it:6d}/{args.iters} | loss {loss_sum.item() / n_sum:.4f} | acc "
-                      f"{100 * correct_sum.item() / (n_sum * args.batch):5.2f}% | lr {lr:.4g} | "
-                      f"{n_sum * args.batch / (now - t_log):5.0f} img/s | left {h} h {m:02d} min",
-                      flush=True)
-                loss_sum, correct_sum = loss_sum.zero_(), correct_sum.zero_()
-                n_sum, t_log = 0, time.time()
-            if (args.eval_every and it % args.eval_every == 0) or it == args.iters:
-                history.append(evaluation(model, loader, test, it, lr, recent, args))
+            steps.append(train_step(step_model, params, bufs, x, y, lr, s["momentum"], s["wd"],
+                                    s["amp"]))
+            recent = torch.cat([recent, steps[-1]["correct"]])[-STUDY_TRAIN_IMAGES:]
+            it += 1  # iterations done
+            if it % LOG_EVERY == 0 or it == first + 10:
+                log(it, s["iters"], steps, lr, t_log, (time.time() - t0) / (it - first))
+                steps, t_log = [], time.time()
+            if (s["eval_every"] and it % s["eval_every"] == 0) or it == s["iters"]:
+                full = it % TABLE_EVERY == 0 or it == s["iters"]  # a column of Table 1
+                history.append(history_row(model, loader, *test_images, it, lr, recent,
+                                           s["amp"], full))
                 recent = recent[:0]  # the next row's images: those after this evaluation
-                saved_at = save(path, state(), saved_at)
+                save(path, checkpoint(model, bufs, loader, it, history, recent, run,
+                                      start["seconds"] + time.time() - t0))
                 t_log = time.time()
-        if stopped:
-            save(path, state(), saved_at)
-            print(f"{signal.Signals(stopped[0]).name}: stopped at iteration {it:,}; {path} "
-                  f"saved; continue with: {command(path)}", file=sys.stderr)
-            return 128 + stopped[0]
     finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if stop.signal:
+        save(path, checkpoint(model, bufs, loader, it, history, recent, run,
+                              start["seconds"] + time.time() - t0))
+        print(f"{signal.Signals(stop.signal).name}: stopped at iteration {it:,}; {path} saved; "
+              f"continue with: {command(path)}", file=sys.stderr)
+        return 128 + stop.signal
     print(f"Table 1 of this run, beside the study's:\n{table(history)}")
     return 0
 
 
-def evaluation(model, loader, test, it, lr, recent, args):
-    """A row of the history, printed: train (all at a Table 1 column) and test loss, accuracy,
-    and the study's measure, the accuracy of the steps on the `recent` training images."""
-    full = it % TABLE_EVERY == 0 or it == args.iters
+class Stop:
+    """The handler of Ctrl-C and SIGTERM: it notes the signal, which the loop reads between two
+    steps, so that a stop never lands inside a step or a save."""
+    signal = None
+
+    def __call__(self, signum, frame):
+        self.signal = signum
+
+
+def log(it, iters, steps, lr, since, pace):
+    """One line: the mean loss and accuracy of the training `steps` since the last line (the
+    steps' own predictions, augmented), the rate, images/s, and the time left at `pace`."""
+    loss = torch.stack([step["loss"] for step in steps]).float().mean().item()
+    acc = 100.0 * torch.cat([step["correct"] for step in steps]).float().mean().item()
+    images = sum(len(step["correct"]) for step in steps)
+    h, m = divmod(round(pace * (iters - it) / 60), 60)
+    print(f"it {it:6d}/{iters} | loss {loss:.4f} | acc {acc:5.2f}% | lr {lr:.4g} | "
+          f"{images / (time.time() - since):5.0f} img/s | left {h} h {m:02d} min", flush=True)
+
+
+def history_row(model, loader, test_x, test_y, it, lr, recent, amp, full):
+    """A row of the history, printed: train (all images if `full`, else TRAIN_SUBSET) and test
+    loss and accuracy, and the study's measure: how many of the `recent` images their steps
+    classified right."""
     n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
-    train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n], args.amp)
-    test_loss, test_acc = evaluate(model, *test, args.amp)
+    train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n], amp)
+    test_loss, test_acc = evaluate(model, test_x, test_y, amp)
     step_acc = 100.0 * recent.float().mean().item()
     print(f"eval {it:6d} | train loss {train_loss:.4f} acc {train_acc:.2f}% ({n} images) | "
-          f"as trained, last {len(recent)}: {step_acc:.2f}% | test loss "
-          f"{test_loss:.4f} acc {test_acc:.2f}%", flush=True)
+          f"as trained, last {len(recent)}: {step_acc:.2f}% | test loss {test_loss:.4f} acc "
+          f"{test_acc:.2f}%", flush=True)
     return {"iteration": it, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "test_loss": test_loss, "test_acc": test_acc, "train_images": n,
             "step_acc": step_acc, "step_images": len(recent)}
@@ -326,14 +315,63 @@ def step_cell(row):
     return f"{row['step_acc']:.2f}"
 
 
-# --- The checkpoint: written atomically, read safely, resumed exactly -------------------------
+# --- Where a run starts, and the checkpoint: written atomically, read safely -----------------
 
-def save(path, state, saved_at):
+def starting_point(argv):
+    """Where the run starts, decided once: (its settings, its state). A new run takes the flags;
+    --resume takes the checkpoint's settings, of which only --iters, --lr-drops (what is still
+    ahead) and --data (the same images, elsewhere) may change, and its state."""
+    args = get_args(argv)
+    path = Path(args.ckpt)
+    if not args.resume:
+        if path.exists():
+            raise ValueError(f"{path} exists: continue it with `{command(path)}`, or pick "
+                             f"another --ckpt")
+        if not path.parent.is_dir():
+            raise ValueError(f"--ckpt {path}: the folder {path.parent} does not exist")
+        torch.manual_seed(args.seed)
+        return args, {"model": ResNet(args.depth, width=args.width, plain=args.plain),
+                      "momentum": [], "loader": None, "iteration": 0, "history": [],
+                      "recent": torch.zeros(0, dtype=torch.bool), "seconds": 0.0,
+                      "data_fingerprint": None}
+    ckpt, model = load(path)
+    if "momentum" not in ckpt:
+        raise ValueError(f"{path} holds a network's weights, not a run to resume")
+    run, done = ckpt["args"], ckpt["iteration"]
+    args = get_args(argv, run)  # the run's settings as the defaults: a difference was typed
+    for k in SETTINGS:
+        flag = "--" + k.replace("_", "-")
+        if k not in RESUME_MAY_CHANGE and getattr(args, k) != run[k]:
+            raise ValueError(f"{path} was trained with {flag} {run[k]}, and a resume continues "
+                             f"that run: leave {flag} out, or start a new --ckpt")
+    if args.iters <= done:
+        raise ValueError(f"{path} has run {done:,} of its {run['iters']:,} iterations: to "
+                         f"train it further, give --iters above {done}")
+    old, new = schedule(run["iters"], run["lr_drops"]), schedule(args.iters, args.lr_drops)
+    if min(set(old) ^ set(new), default=done) < done:
+        raise ValueError(f"{path} ran {done:,} iterations with the rate divided at "
+                         f"{old or 'no iteration'}: --lr-drops may change only what is ahead")
+    return args, {"model": model, "momentum": ckpt["momentum"], "loader": ckpt["loader"],
+                  "iteration": done, "history": ckpt["history"],
+                  "recent": ckpt.get("recent", torch.zeros(0, dtype=torch.bool)),
+                  "seconds": ckpt.get("provenance", {}).get("seconds", 0.0),
+                  "data_fingerprint": ckpt["data_fingerprint"]}
+
+
+def checkpoint(model, bufs, loader, it, history, recent, run, seconds):
+    """All that a resume needs to go on exactly, and what ran."""
+    return {"model": model.state_dict(), "momentum": bufs, "loader": loader.state_dict(),
+            "iteration": it, "history": history, "recent": recent, **run,
+            "provenance": provenance(bufs[0].device, seconds)}
+
+
+def save(path, state):
     """Write `state` to a temporary file beside `path`, flush it to disk, rename it over `path`:
     a failed save leaves the previous file whole. Never a state that is not finite."""
     if not all(t.isfinite().all() for t in [*state["model"].values(), *state["momentum"]]):
-        kept = "no checkpoint was written" if saved_at is None else \
-            f"{path} still holds iteration {saved_at:,}"
+        kept = "no checkpoint was written"
+        if path.exists():
+            kept = f"{path} still holds iteration {load(path)[0]['iteration']:,}"
         raise FloatingPointError(f"the weights became NaN or infinite by iteration "
                                  f"{state['iteration']:,}: training diverged; {kept}")
     tmp = path.with_name(path.name + ".tmp")
@@ -348,7 +386,6 @@ def save(path, state, saved_at):
         why = str(e.__cause__ or e).splitlines()[0]
         raise OSError(f"could not write {path} ({why}); the previous file, if any, is whole") \
             from None
-    return state["iteration"]
 
 
 def load(path):
@@ -373,34 +410,12 @@ def load(path):
     return ckpt, model.eval()
 
 
-def resume(args, given, ckpt, path):
-    """Give `args` the checkpoint's settings, but for --iters, --lr-drops and --data (the same
-    images, elsewhere); refuse, naming the flag, a change of what the run has done."""
-    saved, done = ckpt["args"], ckpt["iteration"]
-    if "momentum" not in ckpt:
-        raise ValueError(f"{path} holds a network's weights, not a run to resume")
-    for k in given - AHEAD:
-        if getattr(args, k) != saved[k]:
-            flag = "--" + k.replace("_", "-")
-            raise ValueError(f"{path} was trained with {flag} {saved[k]}, and a resume "
-                             f"continues that run: leave {flag} out, or start a new --ckpt")
-    for k in set(SETTINGS) - given:
-        setattr(args, k, saved[k])
-    if args.iters <= done:
-        raise ValueError(f"{path} has run {done:,} of its {saved['iters']:,} iterations: to "
-                         f"train it further, give --iters above {done}")
-    old, new = schedule(saved["iters"], saved["lr_drops"]), schedule(args.iters, args.lr_drops)
-    if min(set(old) ^ set(new), default=done) < done:
-        raise ValueError(f"{path} ran {done:,} iterations with the rate divided at "
-                         f"{old or 'no iteration'}: --lr-drops may change only what is ahead")
-
-
 def command(path):
     """The command that continues the run in `path`."""
     return shlex.join(["python", sys.argv[0], "--resume", "--ckpt", str(path)])
 
 
-def exact(device):
+def deterministic_cuda(device):
     """On CUDA: cuDNN's deterministic convolutions, no autotuning, so that a resumed run is
     bit-exact, and float32 as float32 (no TF32; --amp is the fast path). The CPU is already."""
     if device.type == "cuda":
@@ -420,8 +435,6 @@ def provenance(device, seconds):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return {"device": f"{device} ({name})", "torch": str(torch.__version__), "seconds": seconds,
             "source": code.hexdigest()[:12]}
-
-
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The GPU path: the same computations on CUDA as on the CPU. Every test skips without CUDA.
 
-CUDA runs as train.py runs it (train.exact): cuDNN's deterministic algorithms, and float32 as
-float32 (TF32 off), so the tolerances against the CPU are the CPU's own.
+CUDA runs as train.py runs it (train.deterministic_cuda): cuDNN's deterministic algorithms, and
+float32 as float32 (TF32 off), so the tolerances against the CPU are the CPU's own.
 """
 import pytest
 import torch
@@ -19,7 +19,7 @@ CUDA = ("--width", 8, "--batch", 8, "--no-download", "--device", "cuda")  # conf
 
 @pytest.fixture(autouse=True, scope="module")
 def exact_cuda():
-    train.exact(torch.device("cuda"))
+    train.deterministic_cuda(torch.device("cuda"))
 
 
 def test_the_loader_on_cuda_keeps_the_loaders_invariants():

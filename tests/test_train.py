@@ -19,7 +19,7 @@ STUDY = {"iters": 50000, "batch": 32, "lr": 0.1, "momentum": 0.9, "wd": 0.0002, 
 
 
 def test_the_defaults_are_the_studys_settings():
-    args = train.get_args([])[0]
+    args = train.get_args([])
     assert {k: getattr(args, k) for k in STUDY} == STUDY
     assert train.schedule(args.iters, args.lr_drops) == [32000]
 
@@ -125,7 +125,7 @@ def test_table_has_a_column_every_10000_iterations_and_the_last_or_every_evaluat
 
 def test_the_schedule_is_the_studys_drop_where_the_run_reaches_it_or_the_flags():
     def drops(*flags):
-        args = train.get_args(list(flags))[0]
+        args = train.get_args(list(flags))
         return train.schedule(args.iters, args.lr_drops)
     assert drops("--iters", "1000") == [] and drops("--iters", "32000") == []
     assert drops("--iters", "32001") == [32000]

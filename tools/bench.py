@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import cifar
 from resnet18 import ResNet18
 import train
-from train import compiled, exact, train_step
+from train import compiled, deterministic_cuda, train_step
 
 
 def textbook_batch(images_hwc, labels, batch, rng, device):
@@ -68,7 +68,7 @@ def main(argv=None):
                         "reduce-overhead, CUDA graphs)")
     args = p.parse_args(argv)
     device = args.device
-    exact(device)  # as train.py runs: on CUDA, deterministic cuDNN and no TF32
+    deterministic_cuda(device)  # as train.py runs: on CUDA, deterministic cuDNN and no TF32
     g = torch.Generator().manual_seed(0)  # the images' content does not matter
     images = torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (10000,), generator=g)
