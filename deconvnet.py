@@ -70,10 +70,9 @@ def _block_down(r, block, masks, in_size, guided):
 @torch.no_grad()
 def project(model, x, layer, channel=None, keep="map", guided=False):
     """Deconvnet projection of `layer` ("conv1" ... "conv5_x"), or of one `channel`, to pixels:
-    x (B, 3, H, W), normalised as for the model -> (B, 3, H, W). The seed is the layer's
-    activations, every channel but `channel` zeroed when one is given; keep="max" also zeroes
-    every position but each kept channel's strongest one (keep="map" keeps whole maps). The
-    forward pass runs in eval mode (running BN statistics); each module's mode is restored."""
+    x (B, 3, H, W), normalised -> (B, 3, H, W). The seed: the layer's activations, those of
+    `channel` alone when one is given, and with keep="max" only each kept channel's strongest
+    position. The forward pass runs in eval mode (running BN statistics), modes restored."""
     p = next(model.parameters())
     x = x.to(p.device, p.dtype)
 
@@ -93,20 +92,19 @@ def project(model, x, layer, channel=None, keep="map", guided=False):
             m.training = training
     act = feats[layer]  # (B, C, h, w)
 
-    # The seed: the real activations of the layer, or of one channel (the others zeroed), and
-    # for keep="max" only each kept channel's strongest position.
-    seed = act.clone()
+    # The seed r: the real activations of the layer, or of one channel (the others zeroed),
+    # and for keep="max" only each kept channel's strongest position.
+    r = act.clone()
     if channel is not None:
-        seed = torch.zeros_like(act)
-        seed[:, channel] = act[:, channel]
+        r = torch.zeros_like(act)
+        r[:, channel] = act[:, channel]
     if keep == "max":
-        flat = seed.flatten(2)  # (B, C, h * w)
+        flat = r.flatten(2)  # (B, C, h * w)
         top = flat.argmax(2, keepdim=True)  # (B, C, 1)
-        seed = torch.zeros_like(flat).scatter_(2, top, flat.gather(2, top)).view_as(seed)
+        r = torch.zeros_like(flat).scatter_(2, top, flat.gather(2, top)).view_as(r)
 
     # Down: the stages from `layer` back to conv1, each block in reverse, then conv1 itself.
     sizes = {name: f.shape[-1] for name, f in feats.items()}
-    r = seed
     for i in range(STAGES.index(layer), 0, -1):
         blocks = list(getattr(model, STAGES[i]))
         in_sizes = [sizes[STAGES[i - 1]]] + [sizes[STAGES[i]]] * (len(blocks) - 1)

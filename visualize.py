@@ -166,7 +166,7 @@ def learning_curves(history, run, name, path):
 
 def runs_compared(paths, runs, path):
     """This run beside the --compare runs, [(checkpoint, network)]; returns the caption."""
-    names = [f"{m.name} ({p.name})" for p, (_, m) in zip(paths, runs)]
+    names = [f"{m.name}, lr {c['args']['lr']:g} ({p.name})" for p, (c, m) in zip(paths, runs)]
     run = runs[0][0]["args"]
     curves([(f"{n}, ", c["history"], "") for n, (c, _) in zip(names, runs)], "Learning curves: "
            "train (no augmentation) dashed, test solid", train.schedule(run["iters"],
@@ -318,25 +318,22 @@ def report(ckpt, model, sections, facts, path):
 
 
 def studys_train_measure(ckpt):
-    """What the train rows of this run's Table 1 and of the study's measure, in words."""
+    """The train rows of this run's Table 1 beside the study's, in words."""
     last = ckpt["history"][-1] if ckpt["history"] else {}
-    recorded = "step_acc" in last
-    return (f"The study's train accuracy is of {train.STUDY_TRAIN_IMAGES} images: every value in "
-            f"its Table 1's train columns is a multiple of 1/128 (82.03 % = 105/128, 87.50 % = "
-            f"112/128, 92.97 % = 119/128, 100 % = 128/128), most likely the last training batches "
-            f"before each evaluation, augmented, in training mode; its test values are of 10,000 "
-            f"images. This run's train rows are on {last.get('train_images', 0):,} training images "
-            f"at the last column, without augmentation, in eval mode; its row of the study's "
-            f"measure is the accuracy of the training steps' own predictions on the last "
-            f"{train.STUDY_TRAIN_IMAGES} training images before each evaluation"
-            + ("." if recorded else ", which this run, made before it was recorded, lacks."))
+    lacks = "" if "step_acc" in last else " (this run was made before it was recorded)"
+    return (f"The study's train values are multiples of 1/128 (82.03 % = 105/128, 87.50 % = "
+            f"112/128, 92.97 % = 119/128, 100 % = 128/128): the accuracy of "
+            f"{train.STUDY_TRAIN_IMAGES} training images, most likely the last batches before each "
+            f"evaluation, augmented, in training mode; its test values are of 10,000 images. This "
+            f"run's train rows are of {last.get('train_images', 0):,} images at the last column, "
+            f"without augmentation, in eval mode; the row of the study's measure is the training "
+            f"steps' own accuracy on the last {train.STUDY_TRAIN_IMAGES} images{lacks}.")
 
 
 # The study's claims, one function each: (claim, evidence, True, False, or why the run cannot
 # test it).
 
 def accuracy(history, run, it):
-    """The study's test accuracy at iteration `it`, within ACC_POINTS."""
     claim = f"test accuracy {train.TEST_ACC[it]:.2f} % at {it:,} iterations (± {ACC_POINTS:g})"
     row = next((h for h in history if h["iteration"] == it), None)
     if row is None:
@@ -355,7 +352,6 @@ def after_drop(history, run):
 
 
 def jump(history, run):
-    """The test accuracy jumps across the drop: the evaluations either side of it."""
     claim = f"test accuracy jumps at the drop (by {JUMP[0]:g} points or more)"
     after = after_drop(history, run)
     before = [h for h in history if after and h["iteration"] < after[0]["iteration"]]
@@ -367,7 +363,6 @@ def jump(history, run):
 
 
 def late_rise(history, run):
-    """The test loss rises late: the last after the drop against the lowest."""
     claim = f"the test loss rises late (the last at least {RISE:.0%} above its lowest after it)"
     after = after_drop(history, run)
     if len(after) < 3:
