@@ -287,11 +287,11 @@ def table(history):
     if len(cols) < 2:
         cols = history
     seen = {h["train_images"] for h in cols}
-    train = f"{seen.pop():,} images" if len(seen) == 1 else "images"
+    train = f"{seen.pop():,} images, " if len(seen) == 1 else ""  # else: the subset, then all
     rows = [("Iterations", [f"{h['iteration']:,}" for h in cols]),
-            (f"Train error (%), {train}, no augmentation",
+            (f"Train error (%), {train}no augmentation",
              [f"{100 - h['train_acc']:.2f}" for h in cols]),
-            (f"Train accuracy (%), {train}, no augmentation",
+            (f"Train accuracy (%), {train}no augmentation",
              [f"{h['train_acc']:.2f}" for h in cols]),
             (f"Train accuracy (%), last {STUDY_TRAIN_IMAGES} training images (the study's "
              f"measure)", [step_cell(h) for h in cols]),
