@@ -50,7 +50,7 @@ def test_sigkill_during_a_checkpoint_save(reference, tmp_path):
                          tmp_path / "data", *RUN, cwd=tmp_path)  # as `python train.py ...`
     wait_for(proc, "SAVING")
     proc.kill()
-    proc.communicate()
+    proc.communicate(timeout=60)
     assert (tmp_path / "run.pt.tmp").exists(), "the kill landed inside the save"
     assert train.load(tmp_path / "run.pt")[0]["iteration"] == 40
     assert run_process("train.py", "--resume", cwd=tmp_path).returncode == 0
