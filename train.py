@@ -186,7 +186,8 @@ def main(argv=None):
     loader = cifar.Loader(train_x, train_y, args.batch, args.device, seed=args.seed)
     if start["loader"]:
         loader.load_state_dict(start["loader"])
-    model = start["model"].to(args.device, memory_format=torch.channels_last).train()
+    model = start["model"].to(args.device, memory_format=torch.channels_last)  # the fast layout
+    model.train()  # a resumed network comes from load() in eval mode
     bufs = [torch.zeros_like(p) for p in model.parameters()]  # momentum: zero at the start
     for buf, saved in zip(bufs, start["momentum"]):
         buf.copy_(saved)

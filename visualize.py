@@ -167,10 +167,10 @@ def learning_curves(history, run, name, path):
 def runs_compared(paths, runs, path):
     """This run beside the --compare runs, [(checkpoint, network)]; returns the caption."""
     names = [f"{m.name}, lr {c['args']['lr']:g} ({p.name})" for p, (c, m) in zip(paths, runs)]
-    run = runs[0][0]["args"]
-    curves([(f"{n}, ", c["history"], "") for n, (c, _) in zip(names, runs)], "Learning curves: "
-           "train (no augmentation) dashed, test solid", train.schedule(run["iters"],
-                                                                        run["lr_drops"]), path)
+    run = runs[0][0]["args"]  # the drops drawn: this run's
+    drops = train.schedule(run["iters"], run["lr_drops"])
+    curves([(f"{n}, ", c["history"], "") for n, (c, _) in zip(names, runs)],
+           "Learning curves: train (no augmentation) dashed, test solid", drops, path)
     return f"The learning curves of {', '.join(names)}, with the study's test accuracy."
 
 
@@ -289,7 +289,7 @@ def localize(model, test_x, test_y, index, path):
 
 
 def report(ckpt, model, sections, facts, path):
-    """report.md, the study redone for this run; sections: [(title, file or None, caption)]."""
+    """report.md, the study redone for this run; sections: [(title, file, caption)]."""
     run = ckpt["args"]
     prov = {k: "not recorded" for k in ("device", "torch", "source")} | ckpt.get("provenance", {})
     hours = f"{prov['seconds'] / 3600:.2f} h" if "seconds" in prov else "not recorded"
@@ -304,10 +304,7 @@ def report(ckpt, model, sections, facts, path):
              f"| Source: sha256 of resnet18.py, cifar.py, train.py | {prov['source']} |", "",
              "## Table 1", "", train.table(ckpt["history"]), "", studys_train_measure(ckpt), ""]
     for title, file, caption in sections:
-        lines += [f"## {title}", ""]
-        if file:
-            lines += [f"![{title}]({file})", ""]
-        lines += [caption, ""]
+        lines += [f"## {title}", "", f"![{title}]({file})", "", caption, ""]
     lines += ["## The study's claims, checked", "", "*Not measured*: this run cannot test the "
               "claim (the reason follows); *does not hold*: it was tested, and failed.", "",
               "| Claim | This run | Verdict |", "|---|---|---|"]
