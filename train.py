@@ -7,10 +7,8 @@ Perspective of Experimental Results and Analysis", §2), and print its Table 1.
 
 The study: SGD with momentum 0.9 and weight decay 0.0002, batch 32, learning rate 0.1 divided
 by 10 at iteration 32,000, 50,000 iterations (He et al. 2016 §4.2 divide again at 48,000:
-`--lr-drops 32000 48000`). In that order: the flags, `lr_at`, the SGD update by hand, a step,
-evaluation, `main`, the loop, Table 1; then where a run starts, and the checkpoint: an atomic
-save, a safe load. Ctrl-C stops the loop between two steps, saves, and prints the command that
-continues it.
+`--lr-drops 32000 48000`). Ctrl-C stops the run between two steps, saves it, and prints the
+command that continues it.
 """
 import argparse
 import hashlib
@@ -52,8 +50,7 @@ def get_args(argv=None, run=None):
     s.add_argument("--batch", type=at_least(1), default=32, help="images per step (default 32)")
     s.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
     s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    s.add_argument("--wd", type=float, default=0.0002,
-                   help="weight decay, on every parameter (default 0.0002)")
+    s.add_argument("--wd", type=float, default=0.0002, help="weight decay (default 0.0002)")
     s.add_argument("--lr-drops", type=at_least(1), nargs="*", metavar="IT",
                    help="iterations at which the learning rate is divided by 10 (default: the "
                         "study's 32000 when the run is longer, else none; He et al. use 32000 "
@@ -66,11 +63,11 @@ def get_args(argv=None, run=None):
                    "stage scaled with it (default 64, the paper's; at least 8: narrower ones "
                    "crash PyTorch's CPU backward of a strided 1x1 convolution on AVX2 CPUs)")
     r = p.add_argument_group("the run")
-    r.add_argument("--data", default="./data", help="CIFAR-10 folder, downloaded there if it "
-                   "holds none (default ./data)")
+    r.add_argument("--data", type=os.path.abspath, default="./data",
+                   help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
     r.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    r.add_argument("--seed", type=at_least(0), default=0, help="seed of weights and batches "
-                   "(default 0)")
+    r.add_argument("--seed", type=at_least(0), default=0,
+                   help="seed of weights and batches (default 0)")
     r.add_argument("--eval-every", type=at_least(0), default=1000, help="iterations between "
                    "evaluations and checkpoints; 0: only at the end (default 1000)")
     r.add_argument("--ckpt", default="run.pt", help="checkpoint to write (default run.pt)")
@@ -90,7 +87,6 @@ def get_args(argv=None, run=None):
     if not (args.lr > 0 and 0 <= args.momentum < 1 and args.wd >= 0):
         p.error(f"--lr {args.lr} must be above 0, --momentum {args.momentum} from 0 to below 1, "
                 f"--wd {args.wd} at least 0")
-    args.data = os.path.abspath(args.data)  # so that visualize.py finds it from anywhere
     return args
 
 
@@ -114,8 +110,8 @@ def parse_device(name):
 
 
 def schedule(iters, lr_drops=None):
-    """The iterations at which the learning rate is divided by 10: --lr-drops when given, else
-    the study's DROP where the run reaches it (a shorter run is the study's first part)."""
+    """The iterations at which the rate is divided by 10: --lr-drops, else the study's DROP if
+    the run reaches it (a shorter run is the study's first part)."""
     if lr_drops is not None:
         return sorted(lr_drops)
     return [DROP] if iters > DROP else []
@@ -145,8 +141,8 @@ def sgd_step(params, bufs, lr, momentum, wd):
 
 
 def train_step(model, params, bufs, x, y, lr, momentum, wd, amp=False):
-    """Forward, backward and update on one batch. Returns, as device tensors (no sync), the loss
-    and which images this forward pass classified right: {"loss": (), "correct": (B,) bool}."""
+    """Forward, backward, update. Returns device tensors (no sync): {"loss": (), "correct": (B,)
+    bool, which images this forward pass classified right}."""
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
         logits = model(x)  # (B, 10)
         loss = F.cross_entropy(logits, y)
@@ -174,20 +170,19 @@ def evaluate(model, images, labels, amp=False, batch=1000):
 
 
 def main(argv=None):
-    args, start = starting_point(argv)  # a new run, or the one in --ckpt
+    args, start, model = starting_point(argv)  # a new run, or the one in --ckpt
     deterministic_cuda(args.device)
     print(f"reading CIFAR-10 from {args.data}", flush=True)
     train_x, train_y, test_x, test_y = cifar.load_or_download(args.data, not args.no_download)
     data = f"{len(train_y)} train / {len(test_y)} test images, sha256 " \
            f"{cifar.fingerprint(train_x, train_y, test_x, test_y)}"
-    if start["data_fingerprint"] not in (None, data):
+    if start.get("data_fingerprint", data) != data:
         raise ValueError(f"{args.ckpt} was trained on other data ({start['data_fingerprint']}) "
                          f"than --data {args.data} ({data})")
     loader = cifar.Loader(train_x, train_y, args.batch, args.device, seed=args.seed)
     if start["loader"]:
         loader.load_state_dict(start["loader"])
-    model = start["model"].to(args.device, memory_format=torch.channels_last)  # the fast layout
-    model.train()  # a resumed network comes from load() in eval mode
+    model.to(args.device, memory_format=torch.channels_last).train()  # the fast layout
     bufs = [torch.zeros_like(p) for p in model.parameters()]  # momentum: zero at the start
     for buf, saved in zip(bufs, start["momentum"]):
         buf.copy_(saved)
@@ -204,7 +199,8 @@ def train(model, step_model, bufs, loader, test_images, start, run, path):
     SIGTERM stop it between two steps, with a checkpoint. run: the settings and the data."""
     s, params, device = run["args"], list(model.parameters()), bufs[0].device
     drops, it, history = schedule(s["iters"], s["lr_drops"]), start["iteration"], start["history"]
-    recent = start["recent"].to(device)  # right or not, each of the last training images
+    recent = start.get("recent", torch.zeros(0, dtype=torch.bool)).to(device)  # right or not
+    spent = start.get("provenance", {}).get("seconds", 0.0)  # seconds trained before this start
     print(f"{model.name}: {sum(p.numel() for p in params):,} parameters on {device}; data: "
           f"{run['data_fingerprint']}; iterations {it:,} -> {s['iters']:,}; learning rate "
           f"{s['lr']:g}, divided by 10 at: {', '.join(f'{d:,}' for d in drops) or 'none'}",
@@ -228,14 +224,14 @@ def train(model, step_model, bufs, loader, test_images, start, run, path):
                                            s["amp"], full))
                 recent = recent[:0]  # the next row's images: those after this evaluation
                 save(path, checkpoint(model, bufs, loader, it, history, recent, run,
-                                      start["seconds"] + time.time() - t0))
+                                      spent + time.time() - t0))
                 t_log = time.time()
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     if stop.signal:
         save(path, checkpoint(model, bufs, loader, it, history, recent, run,
-                              start["seconds"] + time.time() - t0))
+                              spent + time.time() - t0))
         print(f"{signal.Signals(stop.signal).name}: stopped at iteration {it:,}; {path} saved; "
               f"continue with: {command(path)}", file=sys.stderr)
         return 128 + stop.signal
@@ -244,8 +240,7 @@ def train(model, step_model, bufs, loader, test_images, start, run, path):
 
 
 class Stop:
-    """The handler of Ctrl-C and SIGTERM: it notes the signal, which the loop reads between two
-    steps, so that a stop never lands inside a step or a save."""
+    """The signal handler: it only notes the signal, which the loop reads between two steps."""
     signal = None
 
     def __call__(self, signum, frame):
@@ -253,8 +248,8 @@ class Stop:
 
 
 def log(it, iters, steps, lr, since, pace):
-    """One line: the mean loss and accuracy of the training `steps` since the last line (the
-    steps' own predictions, augmented), the rate, images/s, and the time left at `pace`."""
+    """One line: the mean loss and accuracy of the `steps` since the last line (their own
+    predictions, augmented), the rate, images/s, and the time left at `pace`."""
     loss = torch.stack([step["loss"] for step in steps]).float().mean().item()
     acc = 100.0 * torch.cat([step["correct"] for step in steps]).float().mean().item()
     images = sum(len(step["correct"]) for step in steps)
@@ -265,8 +260,7 @@ def log(it, iters, steps, lr, since, pace):
 
 def history_row(model, loader, test_x, test_y, it, lr, recent, amp, full):
     """A row of the history, printed: train (all images if `full`, else TRAIN_SUBSET) and test
-    loss and accuracy, and the study's measure: how many of the `recent` images their steps
-    classified right."""
+    loss and accuracy; the study's measure: the share of the `recent` images their steps got."""
     n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
     train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n], amp)
     test_loss, test_acc = evaluate(model, test_x, test_y, amp)
@@ -319,9 +313,9 @@ def step_cell(row):
 # --- Where a run starts, and the checkpoint: written atomically, read safely -----------------
 
 def starting_point(argv):
-    """Where the run starts, decided once: (its settings, its state). A new run takes the flags;
-    --resume takes the checkpoint's settings, of which only --iters, --lr-drops (what is still
-    ahead) and --data (the same images, elsewhere) may change, and its state."""
+    """Where the run starts, decided once: (its settings, the checkpoint it continues, its
+    network). A new run takes the flags and starts from nothing; --resume takes the checkpoint's
+    settings, of which only --iters, --lr-drops (what is still ahead) and --data may change."""
     args = get_args(argv)
     path = Path(args.ckpt)
     if not args.resume:
@@ -331,10 +325,8 @@ def starting_point(argv):
         if not path.parent.is_dir():
             raise ValueError(f"--ckpt {path}: the folder {path.parent} does not exist")
         torch.manual_seed(args.seed)
-        return args, {"model": ResNet(args.depth, width=args.width, plain=args.plain),
-                      "momentum": [], "loader": None, "iteration": 0, "history": [],
-                      "recent": torch.zeros(0, dtype=torch.bool), "seconds": 0.0,
-                      "data_fingerprint": None}
+        nothing = {"iteration": 0, "history": [], "momentum": [], "loader": None}
+        return args, nothing, ResNet(args.depth, width=args.width, plain=args.plain)
     ckpt, model = load(path)
     if "momentum" not in ckpt:
         raise ValueError(f"{path} holds a network's weights, not a run to resume")
@@ -352,18 +344,20 @@ def starting_point(argv):
     if min(set(old) ^ set(new), default=done) < done:
         raise ValueError(f"{path} ran {done:,} iterations with the rate divided at "
                          f"{old or 'no iteration'}: --lr-drops may change only what is ahead")
-    return args, {"model": model, "momentum": ckpt["momentum"], "loader": ckpt["loader"],
-                  "iteration": done, "history": ckpt["history"],
-                  "recent": ckpt.get("recent", torch.zeros(0, dtype=torch.bool)),
-                  "seconds": ckpt.get("provenance", {}).get("seconds", 0.0),
-                  "data_fingerprint": ckpt["data_fingerprint"]}
+    return args, ckpt, model
 
 
 def checkpoint(model, bufs, loader, it, history, recent, run, seconds):
-    """All that a resume needs to go on exactly, and what ran."""
+    """All that a resume needs to go on exactly, and what ran: the device, torch, the training
+    time, and a hash of the code that trained."""
+    device = bufs[0].device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    code = hashlib.sha256(b"".join(Path(__file__).with_name(f).read_bytes()
+                                   for f in ("resnet18.py", "cifar.py", "train.py")))
     return {"model": model.state_dict(), "momentum": bufs, "loader": loader.state_dict(),
             "iteration": it, "history": history, "recent": recent, **run,
-            "provenance": provenance(bufs[0].device, seconds)}
+            "provenance": {"device": f"{device} ({name})", "torch": str(torch.__version__),
+                           "seconds": seconds, "source": code.hexdigest()[:12]}}
 
 
 def save(path, state):
@@ -427,15 +421,6 @@ def deterministic_cuda(device):
 def compiled(model, device):
     """torch.compile: on CUDA with CUDA graphs (mode reduce-overhead: one launch per step)."""
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
-
-
-def provenance(device, seconds):
-    """What ran: the device, torch, the training time, and a hash of the code that trained."""
-    code = hashlib.sha256(b"".join(Path(__file__).with_name(f).read_bytes()
-                                   for f in ("resnet18.py", "cifar.py", "train.py")))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    return {"device": f"{device} ({name})", "torch": str(torch.__version__), "seconds": seconds,
-            "source": code.hexdigest()[:12]}
 
 
 if __name__ == "__main__":

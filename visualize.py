@@ -3,8 +3,8 @@ and conv5_x maps of a test image, deconvnet reconstructions (Zeiler & Fergus 201
 study does not have, named for what it shows: the runs compared (`--compare`), whether the
 network looks at the object (occlusion, Grad-CAM, the randomisation test of Adebayo et al. 2018),
 `--top9` (Zeiler & Fergus Fig. 2). report.md redoes the study for the run: Table 1, each figure
-with a caption from its numbers, each claim with a verdict by the rules below. The figures of a
-test image need test images: --data, else the run's own.
+with its caption, each claim with a verdict by the rules below. The figures of a test image need
+test images: --data, else the run's own.
 
     python visualize.py --ckpt run.pt                    # writes figures/*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures
@@ -60,8 +60,8 @@ def get_args(argv=None):
     p.add_argument("--figures", type=figure_key, nargs="+", metavar="KEY", default=list(FIGURES),
                    help="figures to draw: the study's 1 to 5, and by name compare (with "
                         "--compare) and localize (default all)")
-    p.add_argument("--sanity", type=int, default=0, metavar="N", help="the randomisation test "
-                   "on the first N test images of each class (default 0: none)")
+    p.add_argument("--sanity", type=train.at_least(0), default=0, metavar="N", help="the "
+                   "randomisation test on the first N test images of each class (default 0: none)")
     p.add_argument("--device", type=train.parse_device, default="auto",
                    help="cpu or cuda[:N] (default auto: the GPU if there is one)")
     return p.parse_args(argv)
@@ -182,21 +182,23 @@ def conv1_filters(model, path):
            f"weight; grey is 0."
 
 
-def feature_maps(x, maps, label, layer, path):
-    """The image and its maps (C, h, w) of `layer`, each scaled alone; returns how many are 0."""
+def feature_maps(x, maps, image, layer, path):
+    """The study's Figures 3 and 4: the image and its maps (C, h, w) of `layer`, each scaled
+    alone; returns the caption."""
     peak = maps.flatten(1).amax(1)  # (C,) each map's largest value
+    blank = int((peak == 0).sum())  # maps that are zero everywhere
     scaled = (maps / peak.clamp(min=1e-12)[:, None, None]).cpu()
     fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 2]})
     axes[0].imshow(show(x)[0], interpolation="nearest")
-    axes[0].set(title=f"input: {label}")
+    axes[0].set(title=f"input: {image}")
     axes[1].imshow(grid(scaled.float().numpy(), math.ceil(math.sqrt(len(maps)))),
                    cmap=plt.get_cmap("gray").with_extremes(bad="white"), interpolation="nearest")
     axes[1].set(title=f"its {len(maps)} {layer} feature maps, {maps.shape[1]} x {maps.shape[2]} "
-                      f"(each scaled alone); {int((peak == 0).sum())} blank (all zero, black)")
+                      f"(each scaled alone); {blank} blank (all zero, black)")
     for ax in axes:
         ax.axis("off")
     save(fig, path)
-    return int((peak == 0).sum())
+    return f"{blank} of the {len(maps)} {layer} maps of {image} are blank (zero everywhere)."
 
 
 def panels(rows, title, path, size=2):
@@ -214,29 +216,32 @@ def panels(rows, title, path, size=2):
     save(fig, path)
 
 
-def deconvnet_figure(model, x, feats, path):
-    """The study's Figure 5, from whole layers; below, the most active channels one by one."""
-    image, layers = show(x)[0], (("conv1", False), ("conv5_x", False), ("conv5_x", True))
-    rows = [[(image, "the image")] + [(contrast(deconvnet.project(model, x, layer, guided=g))[0],
-                                       f"all of {layer}{', guided' if g else ''}")
-                                      for layer, g in layers]]
+def deconvnet_figure(model, x, feats, image, path):
+    """The study's Figure 5, from whole layers; below, the most active channels one by one.
+    Returns its caption."""
+    picture, layers = show(x)[0], (("conv1", False), ("conv5_x", False), ("conv5_x", True))
+    rows = [[(picture, "the image")] + [(contrast(deconvnet.project(model, x, layer, guided=g))[0],
+                                         f"all of {layer}{', guided' if g else ''}")
+                                        for layer, g in layers]]
     for layer, guided in layers:
         strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation per channel
         channels = strength.argsort(descending=True)[:8].tolist()  # the 8 most active
         r = [deconvnet.project(model, x, layer, c, keep="max", guided=guided)[0] for c in channels]
         fields = [deconvnet.receptive_field(p) for p in r]  # a conv1 activation sees 3 x 3
         if layer == "conv1":
-            rows.append([(image[f], f"conv1 ch {c} sees") for c, f in zip(channels, fields)])
+            rows.append([(picture[f], f"conv1 ch {c} sees") for c, f in zip(channels, fields)])
         rows.append([(contrast(p[None])[0][f], f"{layer}{', guided' if guided else ''} ch {c}")
                      for p, f, c in zip(r, fields, channels)])
     panels(rows, "Row 1: from a whole layer (the study's Figure 5); all of conv1, guided, is the "
            "same picture (the seed is conv1's own rectified output). Below: a channel at a time,\n"
            "from its strongest activation: the part of the image it sees, its projection; each "
            "panel enlarged and scaled alone, grey = 0", path)
+    return f"The deconvnet reconstructions of {image}."
 
 
 def top9(model, test_x, test_y, layer, channel, path):
-    """test_x: the uint8 test images on the model's device."""
+    """Zeiler & Fergus' Figure 2 for one channel; returns its caption. test_x: the uint8 test
+    images on the model's device."""
     with torch.no_grad():  # per test image, the channel's strongest activation
         strength = torch.cat([model.features(cifar.normalize(x))[layer][:, channel].flatten(1)
                               .amax(1) for x in test_x.split(500)])  # (N,)
@@ -251,12 +256,15 @@ def top9(model, test_x, test_y, layer, channel, path):
            f"projections would be one picture: with no max-pooling switches, it depends only on\n"
            f"where the activation is and its strength; guided, each keeps its image's ReLU masks "
            f"(contrast-enhanced, grey = 0)", path)
+    return "The nine test images that most activate it, the part of each that its strongest " \
+           "activation sees, and each one's guided projection (Zeiler & Fergus Figure 2)."
 
 
-def localize(model, test_x, test_y, index, path):
+def localize(model, test_x, test_y, index, image, path):
     """Rows: the --image, the same on random weights, the first test image of three other
     classes. Columns: the image, occlusion of its class, Grad-CAM, the guided projection.
-    Returns the --image's lowest P(its class) under the square, on the trained network."""
+    Returns its caption."""
+    image_class = cifar.CLASSES[test_y[index]]
     others = [int(np.flatnonzero(test_y == c)[0]) for c in range(10)
               if c != test_y[index] and (test_y == c).any()]
     rows = [(model, index, "trained"), (deconvnet.reinitialised(model), index, "random weights")]
@@ -272,8 +280,8 @@ def localize(model, test_x, test_y, index, path):
         cam = F.interpolate(m["gradcam"][None, None], size=(32, 32), mode="bilinear")[0, 0]
         shown = [show(x)[0], m["occlusion"], cam / cam.max().clamp(min=1e-12),
                  contrast(m["guided"])[0]]
-        for ax, image in zip(row, shown):  # the two maps share one scale: 0 to 1
-            bar = ax.imshow(torch.as_tensor(image).cpu().numpy(), vmin=0, vmax=1)
+        for ax, panel in zip(row, shown):  # the two maps share one scale: 0 to 1
+            bar = ax.imshow(torch.as_tensor(panel).cpu().numpy(), vmin=0, vmax=1)
             ax.set(xticks=[], yticks=[])
         name = cifar.CLASSES[test_y[i]]
         row[0].set_ylabel(f"test image {i} ({name}),\n{kind}:\nP({name}) = {m['prob']:.2f}",
@@ -285,7 +293,8 @@ def localize(model, test_x, test_y, index, path):
     fig.suptitle("Does the network look at the object? Occlusion (Zeiler & Fergus §4.2), "
                  "Grad-CAM, guided projection;\nrow 2: random weights (Adebayo et al. 2018)")
     save(fig, path)
-    return lowest[0]
+    return f"For {image}, an 8 x 8 grey square over the image lowers P({image_class}) to " \
+           f"{lowest[0]:.2f} at the lowest."
 
 
 def report(ckpt, model, sections, facts, path):
@@ -309,7 +318,7 @@ def report(ckpt, model, sections, facts, path):
               "claim (the reason follows); *does not hold*: it was tested, and failed.", "",
               "| Claim | This run | Verdict |", "|---|---|---|"]
     lines += [f"| {c} | {e} | {verdict(v)} |" for c, e, v in claims(
-        ckpt["history"], run, facts.get("conv5_x"), facts.get("located"))]
+        ckpt["history"], run, facts.get("blank"), facts.get("located"))]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 
@@ -318,13 +327,12 @@ def studys_train_measure(ckpt):
     """The train rows of this run's Table 1 beside the study's, in words."""
     last = ckpt["history"][-1] if ckpt["history"] else {}
     lacks = "" if "step_acc" in last else " (this run was made before it was recorded)"
-    return (f"The study's train values are multiples of 1/128 (82.03 % = 105/128, 87.50 % = "
-            f"112/128, 92.97 % = 119/128, 100 % = 128/128): the accuracy of "
-            f"{train.STUDY_TRAIN_IMAGES} training images, most likely the last batches before each "
-            f"evaluation, augmented, in training mode; its test values are of 10,000 images. This "
-            f"run's train rows are of {last.get('train_images', 0):,} images at the last column, "
-            f"without augmentation, in eval mode; the row of the study's measure is the training "
-            f"steps' own accuracy on the last {train.STUDY_TRAIN_IMAGES} images{lacks}.")
+    return (f"The study's train values are multiples of 1/128 (82.03 % = 105/128, 100 % = "
+            f"128/128): the accuracy of {train.STUDY_TRAIN_IMAGES} training images, most likely "
+            f"the last ones before each evaluation, as trained. This run's train rows are of "
+            f"{last.get('train_images', 0):,} images at the last column, in eval mode; the row of "
+            f"the study's measure is the steps' own accuracy on the last "
+            f"{train.STUDY_TRAIN_IMAGES}{lacks}.")
 
 
 # The study's claims, one function each: (claim, evidence, True, False, or why the run cannot
@@ -441,41 +449,42 @@ def image_figures(model, args, test_x, test_y, out):
     with torch.no_grad():
         feats = model.features(x)
         prob = model(x).softmax(1)[0, test_y[index]].item()
-    name, captions, facts = cifar.CLASSES[test_y[index]], {}, {}
-    image = f"test image {index} ({name}, P = {prob:.2f})"
+    image = f"test image {index} ({cifar.CLASSES[test_y[index]]}, P = {prob:.2f})"
+    peak = feats["conv5_x"][0].flatten(1).amax(1)  # (C,) each conv5_x map's largest value
+    captions, facts = {}, {"blank": (int((peak == 0).sum()), len(peak))}
     for k, layer in ((3, "conv1"), (4, "conv5_x")):
         if k in want:
-            maps = feats[layer][0]
-            n = feature_maps(x, maps, f"test image {index} ({name})", layer, out / FIGURES[k][0])
-            facts[layer] = n, len(maps)  # blank maps, maps
-            captions[k] = f"{n} of the {len(maps)} {layer} maps of {image} are blank (zero " \
-                          f"everywhere)."
+            captions[k] = feature_maps(x, feats[layer][0], image, layer, out / FIGURES[k][0])
     if 5 in want:
-        deconvnet_figure(model, x, feats, out / FIGURES[5][0])
-        captions[5] = f"The deconvnet reconstructions of {image}."
+        captions[5] = deconvnet_figure(model, x, feats, image, out / FIGURES[5][0])
     if "localize" in want:
-        lowest = localize(model, test_x, test_y, index, out / FIGURES["localize"][0])
-        captions["localize"] = f"For {image}, an 8 x 8 grey square over the image lowers " \
-                               f"P({name}) to {lowest:.2f} at the lowest."
+        captions["localize"] = localize(model, test_x, test_y, index, image,
+                                        out / FIGURES["localize"][0])
     if args.top9:
-        top9(model, test_x, test_y, *args.top9, out / "top9_{}_{}.png".format(*args.top9))
-        captions["top9"] = "The nine test images that most activate it, the part of each that " \
-            "its strongest activation sees, and each one's guided projection (Zeiler & Fergus " \
-            "Figure 2)."
+        captions["top9"] = top9(model, test_x, test_y, *args.top9,
+                                out / "top9_{}_{}.png".format(*args.top9))
     if args.sanity:
-        picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:args.sanity]]
-        rho = deconvnet.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
-        table = "\n".join([f"The randomisation test: Spearman's rho between each map on the "
-                           f"trained network and on random weights, over {len(picks)} test "
-                           f"images (the first {args.sanity} of each class).", "",
-                           "| Map | rho, mean ± std | images with a constant map (no rho) |",
-                           "|---|---:|---:|"] + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |"
-                                                 for k, (m, s, n) in rho.items()])
-        print(table)
+        table, rho = randomisation_test(model, test_x, test_y, args.sanity)
+        lowest = deconvnet.occlusion(model, x, int(test_y[index])).min().item()
+        facts["located"] = (lowest, prob, rho)
         if "localize" in want:
             captions["localize"] += "\n\n" + table
-            facts["located"] = (lowest, prob, rho["occlusion"][0])
     return captions, facts
+
+
+def randomisation_test(model, test_x, test_y, per_class):
+    """Adebayo et al.'s test on the first `per_class` test images of each class, printed: (its
+    table, the occlusion map's mean rho)."""
+    picks = [i for c in range(10) for i in np.flatnonzero(test_y == c)[:per_class]]
+    rho = deconvnet.sanity(model, cifar.normalize(test_x[picks]), test_y[picks])
+    table = "\n".join([f"The randomisation test: Spearman's rho between each map on the trained "
+                       f"network and on random weights, over {len(picks)} test images (the first "
+                       f"{per_class} of each class).", "",
+                       "| Map | rho, mean ± std | images with a constant map (no rho) |",
+                       "|---|---:|---:|"] + [f"| {k} | {m:.2f} ± {s:.2f} | {n} |"
+                                             for k, (m, s, n) in rho.items()])
+    print(table)
+    return table, rho["occlusion"][0]
 
 
 def main(argv=None):
