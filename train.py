@@ -176,7 +176,7 @@ def main(argv=None):
     train_x, train_y, test_x, test_y = cifar.load_or_download(args.data, not args.no_download)
     data = f"{len(train_y)} train / {len(test_y)} test images, sha256 " \
            f"{cifar.fingerprint(train_x, train_y, test_x, test_y)}"
-    if start.get("data_fingerprint", data) != data:
+    if "data_fingerprint" in start and start["data_fingerprint"] != data:
         raise ValueError(f"{args.ckpt} was trained on other data ({start['data_fingerprint']}) "
                          f"than --data {args.data} ({data})")
     loader = cifar.Loader(train_x, train_y, args.batch, args.device, seed=args.seed)
@@ -199,7 +199,8 @@ def train(model, step_model, bufs, loader, test_images, start, run, path):
     SIGTERM stop it between two steps, with a checkpoint. run: the settings and the data."""
     s, params, device = run["args"], list(model.parameters()), bufs[0].device
     drops, it, history = schedule(s["iters"], s["lr_drops"]), start["iteration"], start["history"]
-    recent = start.get("recent", torch.zeros(0, dtype=torch.bool)).to(device)  # right or not
+    # the study's measure: right or not, each training image since the last evaluation
+    recent = start.get("recent", torch.zeros(0, dtype=torch.bool)).to(device)
     spent = start.get("provenance", {}).get("seconds", 0.0)  # seconds trained before this start
     print(f"{model.name}: {sum(p.numel() for p in params):,} parameters on {device}; data: "
           f"{run['data_fingerprint']}; iterations {it:,} -> {s['iters']:,}; learning rate "
@@ -325,8 +326,8 @@ def starting_point(argv):
         if not path.parent.is_dir():
             raise ValueError(f"--ckpt {path}: the folder {path.parent} does not exist")
         torch.manual_seed(args.seed)
-        nothing = {"iteration": 0, "history": [], "momentum": [], "loader": None}
-        return args, nothing, ResNet(args.depth, width=args.width, plain=args.plain)
+        fresh = {"iteration": 0, "history": [], "momentum": [], "loader": None}
+        return args, fresh, ResNet(args.depth, width=args.width, plain=args.plain)
     ckpt, model = load(path)
     if "momentum" not in ckpt:
         raise ValueError(f"{path} holds a network's weights, not a run to resume")
