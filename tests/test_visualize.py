@@ -65,8 +65,9 @@ def test_the_report_cites_the_checkpoint_and_what_the_figures_counted(tiny_run, 
     text, counted = (out / "report.md").read_text(), blank_maps(tiny_run, ship)
     assert f"test image {ship} (ship, P = " in text
     assert f"The deconvnet reconstructions of test image {ship} (ship, P = " in text
-    assert re.search(rf"For test image {ship} \(ship, P = [\d.]+\), an 8 x 8 grey square over "
-                     rf"the image lowers P\(ship\) to [\d.]+ at the lowest", text)
+    caption = re.search(rf"For test image {ship} \(ship, P = ([\d.]+)\), an 8 x 8 grey square "
+                        rf"over the image lowers P\(ship\) to ([\d.]+) at the lowest", text)
+    assert "| P {}, lowest {}; rho ".format(*caption.groups()) in text  # the claim's evidence
     history = torch.load(tiny_run / "run.pt", weights_only=True)["history"]
     row = next(ln for ln in text.splitlines() if ln.startswith("| Test accuracy (%) |"))
     assert [float(c) for c in row.split("|")[2:-1]] == [round(h["test_acc"], 2) for h in history]
