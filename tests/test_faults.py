@@ -11,6 +11,7 @@ import torch
 import cifar
 import inject
 import train
+import visualize
 from conftest import REPO, TINY, assert_one_line_error, files, make_cifar, run_cli, tgz_of
 
 
@@ -151,6 +152,17 @@ def test_a_nonsense_flag_is_named_with_its_value_by_the_parser(capsys, flags, me
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("usage:")
     assert message in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--sanity", -1), "--sanity: must be an integer of at least 0, got -1"),
+    (("--figures", 6), "--figures: 6: not one of 1, 2, 3, 4, 5, compare, localize")])
+def test_a_nonsense_flag_of_visualize_is_named_with_its_value_by_the_parser(capsys, flags,
+                                                                          message):
+    with pytest.raises(SystemExit) as stop:
+        visualize.get_args(list(map(str, flags)))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err.strip().splitlines()[-1], err
 
 
 def set_bytes(f, change):
