@@ -392,7 +392,7 @@ def train_all(history, key, on):
 
 
 def blank_maps(blank):
-    """Many conv5 maps are blank; blank: (blank maps, maps) of conv5_x in Figure 4."""
+    """Many conv5 maps are blank; blank: (blank maps, maps) of conv5_x for the --image."""
     claim = f"many conv5 maps are blank (at least {BLANK_SHARE:.0%})"
     if blank is None:
         return claim, "-", "no test image, so no Figure 4"
