@@ -187,7 +187,7 @@ def spearman(a, b):
 
 
 def maps(model, x, target):
-    """Figure 7's maps of one image for one network: occlusion of the class, Grad-CAM (4 x 4),
+    """The maps of localize.png for one image and one network: occlusion of the class, Grad-CAM (4 x 4),
     the guided projection from all of conv5_x, and the class probability."""
     with torch.no_grad():
         prob = model(x).softmax(1)[0, target].item()
