@@ -187,8 +187,8 @@ def spearman(a, b):
 
 
 def maps(model, x, target):
-    """The maps of localize.png for one image and one network: occlusion of the class, Grad-CAM (4 x 4),
-    the guided projection from all of conv5_x, and the class probability."""
+    """The maps of localize.png, of one image on one network: occlusion of the class, Grad-CAM
+    (4 x 4), the guided projection from all of conv5_x, and the class probability."""
     with torch.no_grad():
         prob = model(x).softmax(1)[0, target].item()
     return {"occlusion": occlusion(model, x, target), "gradcam": gradcam(model, x, target),
