@@ -7,8 +7,10 @@ Perspective of Experimental Results and Analysis", §2), and print its Table 1.
 
 The study: SGD with momentum 0.9 and weight decay 0.0002, batch 32, learning rate 0.1 divided
 by 10 at iteration 32,000, 50,000 iterations (He et al. 2016 §4.2 divide again at 48,000:
-`--lr-drops 32000 48000`). Ctrl-C stops the run between two steps, saves it, and prints the
-command that continues it.
+`--lr-drops 32000 48000`). In that order: the flags, `lr_at`, the SGD update by hand, a step,
+evaluation, `main`, the loop, Table 1; then where a run starts, and the checkpoint: an atomic
+save, a safe load. Ctrl-C stops the loop between two steps, saves, and prints the command that
+continues it.
 """
 import argparse
 import hashlib
@@ -50,7 +52,8 @@ def get_args(argv=None, run=None):
     s.add_argument("--batch", type=at_least(1), default=32, help="images per step (default 32)")
     s.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
     s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    s.add_argument("--wd", type=float, default=0.0002, help="weight decay (default 0.0002)")
+    s.add_argument("--wd", type=float, default=0.0002,
+                   help="weight decay, on every parameter (default 0.0002)")
     s.add_argument("--lr-drops", type=at_least(1), nargs="*", metavar="IT",
                    help="iterations at which the learning rate is divided by 10 (default: the "
                         "study's 32000 when the run is longer, else none; He et al. use 32000 "
@@ -66,8 +69,8 @@ def get_args(argv=None, run=None):
     r.add_argument("--data", type=os.path.abspath, default="./data",
                    help="CIFAR-10 folder, downloaded there if it holds none (default ./data)")
     r.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    r.add_argument("--seed", type=at_least(0), default=0,
-                   help="seed of weights and batches (default 0)")
+    r.add_argument("--seed", type=at_least(0), default=0, help="seed of weights and batches "
+                   "(default 0)")
     r.add_argument("--eval-every", type=at_least(0), default=1000, help="iterations between "
                    "evaluations and checkpoints; 0: only at the end (default 1000)")
     r.add_argument("--ckpt", default="run.pt", help="checkpoint to write (default run.pt)")
@@ -110,8 +113,8 @@ def parse_device(name):
 
 
 def schedule(iters, lr_drops=None):
-    """The iterations at which the rate is divided by 10: --lr-drops, else the study's DROP if
-    the run reaches it (a shorter run is the study's first part)."""
+    """The iterations at which the learning rate is divided by 10: --lr-drops when given, else
+    the study's DROP where the run reaches it (a shorter run is the study's first part)."""
     if lr_drops is not None:
         return sorted(lr_drops)
     return [DROP] if iters > DROP else []
@@ -141,8 +144,8 @@ def sgd_step(params, bufs, lr, momentum, wd):
 
 
 def train_step(model, params, bufs, x, y, lr, momentum, wd, amp=False):
-    """Forward, backward, update. Returns device tensors (no sync): {"loss": (), "correct": (B,)
-    bool, which images this forward pass classified right}."""
+    """Forward, backward and update on one batch. Returns, as device tensors (no sync), the loss
+    and which images this forward pass classified right: {"loss": (), "correct": (B,) bool}."""
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
         logits = model(x)  # (B, 10)
         loss = F.cross_entropy(logits, y)
@@ -241,7 +244,8 @@ def train(model, step_model, bufs, loader, test_images, start, run, path):
 
 
 class Stop:
-    """The signal handler: it only notes the signal, which the loop reads between two steps."""
+    """The handler of Ctrl-C and SIGTERM: it notes the signal, which the loop reads between two
+    steps, so that a stop never lands inside a step or a save."""
     signal = None
 
     def __call__(self, signum, frame):
@@ -249,8 +253,8 @@ class Stop:
 
 
 def log(it, iters, steps, lr, since, pace):
-    """One line: the mean loss and accuracy of the `steps` since the last line (their own
-    predictions, augmented), the rate, images/s, and the time left at `pace`."""
+    """One line: the mean loss and accuracy of the training `steps` since the last line (the
+    steps' own predictions, augmented), the rate, images/s, and the time left at `pace`."""
     loss = torch.stack([step["loss"] for step in steps]).float().mean().item()
     acc = 100.0 * torch.cat([step["correct"] for step in steps]).float().mean().item()
     images = sum(len(step["correct"]) for step in steps)
@@ -261,7 +265,8 @@ def log(it, iters, steps, lr, since, pace):
 
 def history_row(model, loader, test_x, test_y, it, lr, recent, amp, full):
     """A row of the history, printed: train (all images if `full`, else TRAIN_SUBSET) and test
-    loss and accuracy; the study's measure: the share of the `recent` images their steps got."""
+    loss and accuracy, and the study's measure: how many of the `recent` images their steps
+    classified right."""
     n = len(loader.labels) if full else min(TRAIN_SUBSET, len(loader.labels))
     train_loss, train_acc = evaluate(model, loader.images[:n], loader.labels[:n], amp)
     test_loss, test_acc = evaluate(model, test_x, test_y, amp)

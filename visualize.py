@@ -3,8 +3,8 @@ and conv5_x maps of a test image, deconvnet reconstructions (Zeiler & Fergus 201
 study does not have, named for what it shows: the runs compared (`--compare`), whether the
 network looks at the object (occlusion, Grad-CAM, the randomisation test of Adebayo et al. 2018),
 `--top9` (Zeiler & Fergus Fig. 2). report.md redoes the study for the run: Table 1, each figure
-with its caption, each claim with a verdict by the rules below. The figures of a test image need
-test images: --data, else the run's own.
+with a caption from its numbers, each claim with a verdict by the rules below. The figures of a
+test image need test images: --data, else the run's own.
 
     python visualize.py --ckpt run.pt                    # writes figures/*.png, report.md
     python visualize.py --ckpt run.pt --image ship --top9 conv5_x:7 --sanity 10 --out figures

@@ -11,7 +11,6 @@ import torch
 import cifar
 import inject
 import train
-import visualize
 from conftest import REPO, TINY, assert_one_line_error, files, make_cifar, run_cli, tgz_of
 
 
@@ -154,17 +153,6 @@ def test_a_nonsense_flag_is_named_with_its_value_by_the_parser(capsys, flags, me
     assert message in err.strip().splitlines()[-1], err
 
 
-@pytest.mark.parametrize("flags,message", [
-    (("--sanity", -1), "--sanity: must be an integer of at least 0, got -1"),
-    (("--figures", 6), "--figures: 6: not one of 1, 2, 3, 4, 5, compare, localize")])
-def test_a_nonsense_flag_of_visualize_is_named_with_its_value_by_the_parser(capsys, flags,
-                                                                          message):
-    with pytest.raises(SystemExit) as stop:
-        visualize.get_args(list(map(str, flags)))
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and message in err.strip().splitlines()[-1], err
-
-
 def set_bytes(f, change):
     f.write_bytes(change(f.read_bytes()))
 
@@ -245,7 +233,8 @@ def test_visualize_warns_of_other_test_images_and_refuses_figures_without_any(go
     (("--image", "dragon"), "--image dragon: give a test image's index"),
     (("--top9", "fc:1"), "--top9 fc:1: expected LAYER:CHANNEL"),
     (("--top9", "conv1:99"), "and CHANNEL below its channels, [8, 8, 16, 32, 64]"),
-    (("--compare", "missing.pt"), "missing.pt: no such checkpoint")])
+    (("--compare", "missing.pt"), "missing.pt: no such checkpoint"),
+    (("--sanity", -1), "--sanity: must be an integer of at least 0, got -1")])
 def test_visualize_checks_its_flags_before_drawing(good_run, tmp_path, flags, message):
     r = run_cli("visualize.py", "--ckpt", good_run / "run.pt", "--data", good_run / "data",
                 *flags, "--out", tmp_path / "figs", cwd=tmp_path)
